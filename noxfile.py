@@ -1,0 +1,28 @@
+"""Project checks: `nox` runs tests, lint and typecheck, under the interpreter nox runs on."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_venv = "yes"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (virtual time; a few marked tests use the real clock)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check (with the ASYNC rules) and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package and the tests."""
+    session.install("-e", ".[test,typecheck]")
+    session.run("mypy", "--strict", "trio_conn", "tests")

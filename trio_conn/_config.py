@@ -1,0 +1,111 @@
+"""ConnectionConfig: the numbers a managed connection runs by, validated once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ._policy import RetryPolicy
+from ._state import ConnectionState
+
+#: The states the stuck-state watchdog watches by default, and after how long.
+DEFAULT_STUCK_AFTER: Mapping[ConnectionState, float] = MappingProxyType(
+    {ConnectionState.CONNECTING: 30.0, ConnectionState.RECONNECTING: 120.0}
+)
+
+_POSITIVE_SECONDS = (
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "connect_timeout",
+    "close_timeout",
+)
+_NON_NEGATIVE_SECONDS = ("stable_after", "recovery_cooldown")
+_COUNTS = (
+    "max_heartbeat_failures",
+    "max_connection_failures",
+    "receive_buffer",
+    "max_message_size",
+)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Timings and limits of a managed connection. Every value is checked on creation.
+
+    :raises ValueError: a value breaks its rule; the message names the field,
+        the value and the rule.
+    :raises TypeError: a value has the wrong type.
+    """
+
+    #: Seconds between heartbeats (from one beat's send to the next).
+    heartbeat_interval: float = 15.0
+    #: Seconds to wait for a heartbeat's reply before counting a miss.
+    heartbeat_timeout: float = 30.0
+    #: Consecutive misses that end the session as dead.
+    max_heartbeat_failures: int = 3
+    #: Consecutive failed attempts (or unstable sessions) that move to FAILED.
+    max_connection_failures: int = 5
+    #: Bound on one whole attempt: headers, DNS, TCP, TLS, handshake, on_connect.
+    connect_timeout: float = 10.0
+    #: Seconds CONNECTED must last before the failure count resets (0: at once).
+    stable_after: float = 30.0
+    #: Minimum seconds between two calls of the on_failed hook (0: no minimum).
+    recovery_cooldown: float = 60.0
+    #: Backoff rows, jitter and which kinds of error are fatal.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Messages buffered between the socket and the application.
+    receive_buffer: int = 64
+    #: Largest message accepted from the peer, in bytes.
+    max_message_size: int = 1024 * 1024
+    #: Bound on the closing handshake when the connection is closed.
+    close_timeout: float = 5.0
+    #: States watched for being held too long, with the limit in seconds.
+    stuck_after: Mapping[ConnectionState, float] = field(
+        default_factory=lambda: DEFAULT_STUCK_AFTER
+    )
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_SECONDS:
+            _check_seconds(name, getattr(self, name), allow_zero=False)
+        for name in _NON_NEGATIVE_SECONDS:
+            _check_seconds(name, getattr(self, name), allow_zero=True)
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ConnectionConfig.{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"ConnectionConfig.{name} must be >= 1, got {value!r}")
+        if not isinstance(self.retry, RetryPolicy):
+            raise TypeError(f"ConnectionConfig.retry must be a RetryPolicy, got {self.retry!r}")
+        object.__setattr__(self, "stuck_after", _check_stuck_after(self.stuck_after))
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"ConnectionConfig.{name} must be a number of seconds, got {value!r}")
+    rule = ">= 0" if allow_zero else "> 0"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(
+            f"ConnectionConfig.{name} must be finite and {rule} seconds, got {value!r}"
+        )
+
+
+def _check_stuck_after(value: object) -> Mapping[ConnectionState, float]:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"ConnectionConfig.stuck_after must be a mapping of state to seconds, got {value!r}"
+        )
+    checked: dict[ConnectionState, float] = {}
+    for key, seconds in value.items():
+        try:
+            state = ConnectionState(key)
+        except ValueError:
+            raise ValueError(
+                f"ConnectionConfig.stuck_after keys must be states "
+                f"({', '.join(ConnectionState)}), got {key!r}"
+            ) from None
+        _check_seconds(f"stuck_after[{state}]", seconds, allow_zero=False)
+        checked[state] = float(seconds)
+    return MappingProxyType(checked)

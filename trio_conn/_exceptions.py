@@ -1,0 +1,24 @@
+"""The library's exceptions. Imports no Trio, so the sans-IO core can use them."""
+
+from __future__ import annotations
+
+
+class TrioConnError(Exception):
+    """Base class of every exception trio_conn raises on its own account."""
+
+
+class NotConnected(TrioConnError):
+    """An operation needs the CONNECTED state and the connection is elsewhere."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"not connected: the connection is {state}")
+        self.state = state
+
+
+class HeartbeatTimeout(TrioConnError):
+    """The peer missed ``misses`` consecutive heartbeats: it is judged dead."""
+
+    def __init__(self, misses: int, timeout: float) -> None:
+        super().__init__(f"{misses} consecutive heartbeats missed (timeout {timeout:g} s each)")
+        self.misses = misses
+        self.timeout = timeout
