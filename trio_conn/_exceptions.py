@@ -22,3 +22,10 @@ class HeartbeatTimeout(TrioConnError):
         super().__init__(f"{misses} consecutive heartbeats missed (timeout {timeout:g} s each)")
         self.misses = misses
         self.timeout = timeout
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``: itself, or the leaves of nested groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in leaves(sub)]
+    return [error]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import trio
 import trio.testing
 import wsproto
+import wsproto.connection
 import wsproto.events
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -56,6 +57,9 @@ class ServerConnection:
     received: list[Message] = field(default_factory=list)
     #: False once the connection has ended, for whatever reason.
     open: bool = True
+    #: The close code the server saw (1000 for a client's graceful close,
+    #: 1006 when the stream just ended), once closed.
+    close_code: int | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of request header ``name`` (case-insensitive), or None."""
@@ -281,6 +285,11 @@ class FaultServer:
         while self.accepted < count:
             await self._changed.wait()
 
+    async def wait_closed(self) -> None:
+        """Wait until no client stream is open (the server has finished with each)."""
+        while self._streams:
+            await self._changed.wait()
+
     async def wait_received(self, count: int = 1) -> None:
         """Wait until at least ``count`` messages have been received in total."""
         while sum(len(c.received) for c in self.connections) < count:
@@ -340,9 +349,11 @@ class FaultServer:
             max_message_size=self._max_message_size,
         )
         handshake_done = trio.Event()
+        reader_done = trio.Event()
 
         async def read() -> None:
             await ws._reader_task()
+            reader_done.set()
             if not handshake_done.is_set():  # EOF or garbage before the request
                 nursery.cancel_scope.cancel()
 
@@ -372,23 +383,27 @@ class FaultServer:
             if self.close_after is not None:
                 nursery.start_soon(self._end_later, stream, ws, self.close_after)
             await self._handle_messages(ws, record)
+            # The reader finishes a close handshake (close_all) after the last
+            # message: let it, so the peer gets its answer.
+            with trio.move_on_after(5):
+                await reader_done.wait()
         finally:
             record.open = False
             self._sockets.pop(record.id, None)
 
     async def _handle_messages(self, ws: WebSocketConnection, record: ServerConnection) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 message = await ws.get_message()
-            except ConnectionClosed:
-                return
-            record.received.append(message)
-            self._notify()
-            if self.is_heartbeat is not None and self.is_heartbeat(message):
-                if self.answer_heartbeats and self.heartbeat_reply is not None:
-                    await ws.send_message(self.heartbeat_reply(message))
-            elif self.echo:
-                await ws.send_message(message)
+                record.received.append(message)
+                self._notify()
+                if self.is_heartbeat is not None and self.is_heartbeat(message):
+                    if self.answer_heartbeats and self.heartbeat_reply is not None:
+                        await ws.send_message(self.heartbeat_reply(message))
+                elif self.echo:
+                    await ws.send_message(message)
+        except ConnectionClosed as closed:  # on receive or on send: the connection ended
+            record.close_code = int(closed.reason.code) if closed.reason else None
 
     async def _end_later(self, stream: _FaultStream, ws: WebSocketConnection, delay: float) -> None:
         await trio.sleep(delay)
@@ -407,7 +422,10 @@ class _FaultWebSocket(WebSocketConnection):
         self._fault_server = server
 
     async def _handle_ping_event(self, event: wsproto.events.Ping) -> None:
-        if self._fault_server.answer_pings:
+        # trio-websocket would also answer a ping after sending its close frame,
+        # which wsproto refuses with LocalProtocolError: only answer while open.
+        open_ = self._wsproto.state is wsproto.connection.ConnectionState.OPEN
+        if self._fault_server.answer_pings and open_:
             await super()._handle_ping_event(event)
 
 

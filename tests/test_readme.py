@@ -1,0 +1,63 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from trio_conn.testing import open_fault_server
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def python_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, f"no python block under {heading!r}"
+    return match.group(1)
+
+
+async def test_quick_start_runs_and_refreshes_the_cookie() -> None:
+    """Real clock: the example connects over TCP, as an application would."""
+    printed: list[str] = []
+    got_push = trio.Event()
+
+    def fake_print(message: Any) -> None:
+        printed.append(message)
+        if message == "tick":
+            got_push.set()
+
+    namespace: dict[str, Any] = {"__name__": "quickstart", "print": fake_print}
+    exec(compile(python_block("## Quick start"), "README quick start", "exec"), namespace)
+    with trio.fail_after(10):
+        async with open_fault_server() as server:
+            server.is_heartbeat = lambda m: m == '{"op": "ping"}'
+            server.heartbeat_reply = lambda m: '{"op": "pong"}'
+            server.reject_next(1, 403)  # the first cookie is refused
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(namespace["main"], server.url)
+                await server.wait_received(2)  # register, subscribe
+                await server.push("tick")
+                await got_push.wait()
+                nursery.cancel_scope.cancel()
+    assert printed == ['{"op": "subscribe", "channel": "prices"}', "tick"]
+    assert [c.header("cookie") for c in server.connections] == [
+        "session=initial",
+        "session=refreshed",
+    ]
+    assert server.connections[1].received[:2] == [
+        '{"op": "register", "device": "gw-7"}',
+        '{"op": "subscribe", "channel": "prices"}',
+    ]
+
+
+async def test_testing_section_example_passes(autojump_clock: trio.testing.MockClock) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme_testing"}
+    exec(compile(python_block("## Testing your application"), "README testing", "exec"), namespace)
+    await namespace["test_bot_resubscribes_after_a_drop"](autojump_clock)

@@ -1,0 +1,357 @@
+"""Library log events: one structlog event per fact, built from the record that caused it.
+
+Every transition event is built from the :class:`~trio_conn.Transition` that
+:meth:`StateMachine.transition <trio_conn.StateMachine.transition>` returned, so
+the reason and the duration in the log are the state machine's own.
+
+The module never configures structlog. Events go through
+``structlog.get_logger("trio_conn")``, a lazy proxy that is resolved when an
+event is emitted (and kept afterwards only if the configuration asks structlog
+to cache loggers), so whatever the application configured, even after the
+connection was created, applies, ``structlog.contextvars`` context included.
+``trio_conn.configure_logging`` is an optional convenience.
+
+Exceptions are rendered as ``error_type`` and ``error_message`` only: no
+``exc_info``, so no traceback and no frame locals can reach a log line.
+
+``error_type`` is the class name qualified by its *public* package when the
+class is exported there (``trio_websocket.ConnectionClosed``,
+``trio_conn.HeartbeatTimeout``), by its defining module otherwise, and bare for
+builtins (``ConnectionResetError``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
+
+import structlog
+
+from ._policy import ErrorKind
+from ._state import ConnectionState, Transition
+
+REDACTED = "REDACTED"
+
+#: Registered secrets shorter than this are ignored: replacing 1-3 character
+#: strings would mangle ordinary text ("ws", "id", "443") and hide nothing.
+MIN_SECRET_LENGTH = 4
+#: Parts of a header value (``a=b; c=d``, ``Bearer <token>``) are registered on
+#: their own only from this length, so that cookie values and tokens that show
+#: up alone are caught while words such as "Bearer" or "dark" are not.
+MIN_SECRET_PART_LENGTH = 8
+#: Error messages are cut to this many characters (a server's body can be long).
+MAX_ERROR_MESSAGE = 1000
+
+STATE_CHANGED = "connection.state_changed"
+HEARTBEAT_MISSED = "connection.heartbeat_missed"
+STATE_STUCK = "connection.state_stuck"
+RECOVERY = "connection.recovery"
+HOOK_FAILED = "connection.hook_failed"
+EVENT_NAMES = frozenset({STATE_CHANGED, HEARTBEAT_MISSED, STATE_STUCK, RECOVERY, HOOK_FAILED})
+
+_S = ConnectionState
+# DESIGN: failed -> error, reconnecting -> warning, connected -> info with
+# outcome "success", everything else -> info.
+_LEVEL_BY_TARGET = {_S.FAILED: "error", _S.RECONNECTING: "warning"}
+_OUTCOME_BY_TARGET = {_S.CONNECTED: "success", _S.RECONNECTING: "failure", _S.FAILED: "failure"}
+_PART_SEPARATORS = re.compile(r"[;,\s]+")
+# The string fields an event can carry besides conn_id and url (scrubbed once, in
+# add_secrets) and the states and error kind (library enums): scrubbed per event.
+_TEXT_FIELDS = ("reason", "error_type", "error_message", "outcome", "detail", "hook")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` safe to log.
+
+    The userinfo becomes ``REDACTED`` (user and password alike), every query
+    value becomes ``REDACTED`` (keys are kept; a bare item without ``=`` counts
+    as a value), and the fragment is dropped. Scheme, host, port and path are
+    kept. Anything that does not parse as a URL with an authority
+    (``scheme://host...``) is returned as ``REDACTED`` as a whole.
+
+    Never raises.
+    """
+    try:
+        parts = urlsplit(url)
+        if not parts.netloc:
+            return REDACTED
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        if at:
+            userinfo = f"{REDACTED}:{REDACTED}" if ":" in userinfo else REDACTED
+            netloc = f"{userinfo}@{hostport}"
+        else:
+            netloc = hostport
+        query = "&".join(_redact_query_item(item) for item in parts.query.split("&"))
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except Exception:  # garbage in: reveal nothing rather than raise in a log call
+        return REDACTED
+
+
+def _redact_query_item(item: str) -> str:
+    key, eq, value = item.partition("=")
+    if not eq:
+        return REDACTED if key else ""
+    return f"{key}={REDACTED}" if value else f"{key}="
+
+
+def url_secrets(url: str) -> list[str]:
+    """The userinfo and query values of ``url``, raw and percent-decoded. Never raises."""
+    try:
+        parts = urlsplit(url)
+        found: list[str] = []
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        if at:
+            found += userinfo.split(":", 1)
+        for item in parts.query.split("&"):
+            key, eq, value = item.partition("=")
+            found.append(value if eq else key)
+        found += [value for _, value in parse_qsl(parts.query, keep_blank_values=True)]
+        found += [unquote(value) for value in found]
+        return found
+    except Exception:
+        return []
+
+
+# Exception classes are few and long-lived; a plain dict is the cheapest cache.
+_TYPE_NAMES: dict[type[BaseException], str] = {}
+
+
+def error_type_name(cls: type[BaseException]) -> str:
+    """``error_type`` of an exception class (see the module docstring); cached per class."""
+    cached = _TYPE_NAMES.get(cls)
+    if cached is not None:
+        return cached
+    module, name = cls.__module__, cls.__qualname__
+    if module == "builtins" and getattr(builtins, name, None) is cls:
+        result = name
+    elif getattr(sys.modules.get(module.partition(".")[0]), name, None) is cls:
+        result = f"{module.partition('.')[0]}.{name}"
+    else:
+        result = f"{module}.{name}"
+    _TYPE_NAMES[cls] = result
+    return result
+
+
+def error_message(error: BaseException) -> str:
+    """``error_message`` of an exception: ``str(error)``, cut to :data:`MAX_ERROR_MESSAGE`.
+
+    An exception that carries HTTP ``headers`` (trio-websocket's
+    ``ConnectionRejected``, whose ``str`` is the response's status, headers and
+    body) is rendered as its status only: response headers can set cookies.
+    Never raises.
+    """
+    try:
+        if getattr(error, "headers", None) is not None and hasattr(error, "status_code"):
+            text = f"HTTP status {error.status_code}"
+        else:
+            text = str(error)
+    except Exception:
+        text = f"<unprintable {type(error).__name__}>"
+    if len(text) > MAX_ERROR_MESSAGE:
+        text = text[: MAX_ERROR_MESSAGE - 1] + "…"
+    return text
+
+
+class ConnectionEvents:
+    """Emits the events of one connection, each with its ``conn_id`` and redacted ``url``.
+
+    :param conn_id: the connection's name, in every event.
+    :param url: the URL it connects to; logged through :func:`redact_url`, and
+        its userinfo and query values are registered as secrets.
+    :param logger: a structlog logger to use instead of
+        ``structlog.get_logger("trio_conn")``. The default is a lazy proxy resolved
+        when an event is emitted, so configuration done after construction
+        applies. No logger is bound here (binding would freeze a lazy proxy):
+        ``conn_id`` and ``url`` are passed with every event.
+
+    Secret scrubbing: every value given to :meth:`add_secrets` (and those of the
+    URL) that is at least :data:`MIN_SECRET_LENGTH` characters long is replaced
+    by ``REDACTED`` wherever it appears inside a string field of a later event
+    (reason, error type and message, detail, hook, outcome, conn_id, url), also
+    in its percent-encoded forms. Shorter values are ignored so that ordinary
+    text is not mangled. States and error kinds (the library's enums) are fixed
+    vocabulary and left as they are; context the application binds itself
+    (contextvars) is not scrubbed.
+    """
+
+    def __init__(self, conn_id: str, url: str, *, logger: Any | None = None) -> None:
+        self._raw_conn_id = conn_id
+        self._raw_url = url
+        self._logger: Any = structlog.get_logger("trio_conn") if logger is None else logger
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._probes: tuple[str, ...] = ()
+        self._conn_id = conn_id
+        self._url = redact_url(url)
+        self.add_secrets(url_secrets(url))
+
+    @property
+    def conn_id(self) -> str:
+        """The connection id as it appears in events."""
+        return self._conn_id
+
+    @property
+    def url(self) -> str:
+        """The URL as it appears in events."""
+        return self._url
+
+    def add_secrets(self, values: Iterable[str]) -> None:
+        """Hide ``values`` (header values, tokens) from every later event.
+
+        Values shorter than :data:`MIN_SECRET_LENGTH` and non-strings are
+        ignored. A header value is also split on ``;``, ``,`` and whitespace,
+        and each part (or the value of a ``name=value`` part) of at least
+        :data:`MIN_SECRET_PART_LENGTH` characters is registered on its own.
+        """
+        added = False
+        for value in values:
+            if not isinstance(value, str):
+                continue
+            candidates = [value.strip()]
+            for part in _PART_SEPARATORS.split(value):
+                piece = part.partition("=")[2] or part
+                if len(piece) >= MIN_SECRET_PART_LENGTH:
+                    candidates.append(piece)
+            for candidate in candidates:
+                for form in (candidate, quote(candidate, safe=""), quote_plus(candidate)):
+                    if len(form) >= MIN_SECRET_LENGTH and form not in self._secrets:
+                        self._secrets.add(form)
+                        added = True
+        if not added:
+            return
+        # Longest first, so that a secret containing another is replaced whole.
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        self._pattern = pattern = re.compile("|".join(map(re.escape, ordered)))
+        # To detect a hit it is enough to look for the secrets that contain no
+        # other secret: any occurrence of a longer one contains one of those.
+        self._probes = tuple(
+            secret
+            for secret in ordered
+            if not any(other != secret and other in secret for other in self._secrets)
+        )
+        # The fixed fields are scrubbed once here, not on every event.
+        self._conn_id = pattern.sub(REDACTED, self._raw_conn_id)
+        self._url = pattern.sub(REDACTED, redact_url(self._raw_url))
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        pattern = self._pattern
+        if pattern is not None:
+            # Plain substring tests first (several times faster than a regex
+            # search in the usual case: no secret in the text); substitute on a hit.
+            for key in _TEXT_FIELDS:
+                value = fields.get(key)
+                if value is not None:
+                    for secret in self._probes:
+                        if secret in value:
+                            fields[key] = pattern.sub(REDACTED, value)
+                            break
+        getattr(self._logger, level)(event, **fields)
+
+    def _add_error(self, fields: dict[str, Any], error: BaseException | None) -> None:
+        if error is not None:
+            fields["error_type"] = error_type_name(type(error))
+            fields["error_message"] = error_message(error)
+
+    def state_changed(
+        self,
+        record: Transition,
+        *,
+        consecutive_failures: int,
+        attempt: int,
+        kind: ErrorKind | None = None,
+        error: BaseException | None = None,
+        close_code: int | None = None,
+        status_code: int | None = None,
+        retry_in_s: float | None = None,
+    ) -> None:
+        """Emit ``connection.state_changed`` for ``record``.
+
+        Level: ``error`` into FAILED, ``warning`` into RECONNECTING, ``info``
+        otherwise; ``outcome`` is ``success`` into CONNECTED and ``failure``
+        into RECONNECTING or FAILED. Optional fields appear only when not None.
+        """
+        to_state = record.to_state
+        # The StrEnum members themselves: every renderer writes them as their
+        # value, and ``.value`` (an enum descriptor) costs more than the rest.
+        fields: dict[str, Any] = {
+            "conn_id": self._conn_id,
+            "url": self._url,
+            "from_state": record.from_state,
+            "to_state": to_state,
+            "reason": record.reason,
+            "duration_s": record.duration,
+            "consecutive_failures": consecutive_failures,
+            "attempt": attempt,
+        }
+        if kind is not None:
+            fields["error_kind"] = kind
+        self._add_error(fields, error)
+        if close_code is not None:
+            fields["close_code"] = close_code
+        if status_code is not None:
+            fields["status_code"] = status_code
+        if retry_in_s is not None:
+            fields["retry_in_s"] = retry_in_s
+        outcome = _OUTCOME_BY_TARGET.get(to_state)
+        if outcome is not None:
+            fields["outcome"] = outcome
+        self._emit(_LEVEL_BY_TARGET.get(to_state, "info"), STATE_CHANGED, fields)
+
+    def heartbeat_missed(self, *, misses: int, max_misses: int, timeout: float) -> None:
+        """Emit ``connection.heartbeat_missed`` (warning): ``misses`` of ``max_misses``."""
+        fields = {
+            "conn_id": self._conn_id,
+            "url": self._url,
+            "misses": misses,
+            "max_misses": max_misses,
+            "timeout": timeout,
+        }
+        self._emit("warning", HEARTBEAT_MISSED, fields)
+
+    def state_stuck(self, *, state: ConnectionState, seconds: float, limit: float) -> None:
+        """Emit ``connection.state_stuck`` (warning): in ``state`` for ``seconds`` > ``limit``."""
+        fields = {
+            "conn_id": self._conn_id,
+            "url": self._url,
+            "state": ConnectionState(state),
+            "seconds": seconds,
+            "limit": limit,
+        }
+        self._emit("warning", STATE_STUCK, fields)
+
+    def recovery(
+        self,
+        *,
+        outcome: str,
+        duration_s: float,
+        consecutive_failures: int,
+        error: BaseException | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Emit ``connection.recovery``: the on_failed hook was called.
+
+        ``info`` when ``outcome`` is ``"success"``, ``error`` otherwise.
+        ``detail`` says why it failed when there is no exception (e.g. the hook
+        returned a non-bool).
+        """
+        fields: dict[str, Any] = {
+            "conn_id": self._conn_id,
+            "url": self._url,
+            "outcome": outcome,
+            "duration_s": duration_s,
+            "consecutive_failures": consecutive_failures,
+        }
+        self._add_error(fields, error)
+        if detail is not None:
+            fields["detail"] = detail
+        self._emit("info" if outcome == "success" else "error", RECOVERY, fields)
+
+    def hook_failed(self, *, hook: str, error: BaseException) -> None:
+        """Emit ``connection.hook_failed`` (error): a user hook raised; it was ignored."""
+        fields: dict[str, Any] = {"conn_id": self._conn_id, "url": self._url, "hook": hook}
+        self._add_error(fields, error)
+        self._emit("error", HOOK_FAILED, fields)

@@ -1,0 +1,310 @@
+"""Everything that knows trio-websocket: URL parsing, opening, I/O, closing, classify().
+
+The rest of the library talks to :class:`Socket` and :func:`describe_failure`
+only, so another transport could be added beside this module.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from ._exceptions import HeartbeatTimeout, leaves
+from ._policy import ErrorKind
+
+#: ``async (host, port) -> trio.abc.Stream``: how a Socket gets its byte stream.
+StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
+Message = str | bytes
+
+_REJECTED_STATUSES = frozenset({401, 403})
+_THROTTLED_STATUSES = frozenset({429, 503})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to connect, parsed from a ws:// or wss:// URL."""
+
+    host: str
+    port: int
+    resource: str  # path and query, as sent in the request line
+    secure: bool
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.secure else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_url(url: object, shown_as: str) -> Target:
+    """Parse a WebSocket URL.
+
+    :param shown_as: how the URL appears in error messages (redacted).
+    :raises TypeError: ``url`` is not a str.
+    :raises ValueError: the URL is empty, not ws:// or wss://, has no host,
+        contains whitespace or has an invalid port; the message says which.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    if not url:
+        raise ValueError("url must not be empty")
+    if any(ch.isspace() for ch in url):
+        raise ValueError(f"url must not contain whitespace: {shown_as!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"url must start with ws:// or wss://, got {shown_as!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"url must name a host: {shown_as!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"url has an invalid port (must be 0-65535): {shown_as!r}") from None
+    secure = scheme == "wss"
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    return Target(host, port or (443 if secure else 80), resource, secure)
+
+
+def check_headers(headers: object, source: str) -> list[tuple[str, str]]:
+    """Validate request headers: a sequence of ``(name, value)`` str pairs.
+
+    :param source: where the headers came from, for the message.
+    :raises TypeError: not a sequence of pairs of str.
+    :raises ValueError: a name that is not an HTTP token, or a value with CR/LF.
+    """
+    if isinstance(headers, str | bytes) or not isinstance(headers, Sequence):
+        raise TypeError(f"{source} must be a list of (name, value) str pairs, got {headers!r:.80}")
+    checked = []
+    for index, pair in enumerate(headers):
+        if not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
+            raise TypeError(
+                f"{source}[{index}] must be a (name, value) pair of str, "
+                f"got a {type(pair).__name__}"  # not the value itself: it may be a secret
+            )
+        name, value = pair
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{source}[{index}] has an invalid header name {name!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"{source}[{index}] ({name}) value must not contain CR or LF")
+        checked.append((name, value))
+    return checked
+
+
+async def open_tcp(host: str, port: int) -> trio.abc.Stream:
+    """The default :data:`StreamOpener`: a TCP connection."""
+    return await trio.open_tcp_stream(host, port)
+
+
+class Socket:
+    """One WebSocket connection over one byte stream, owned by one session.
+
+    The stream is opened by the manager's opener (TCP by default) and wrapped
+    with trio-websocket, so the manager can always close the stream itself:
+    trio-websocket's own close can return early and leave it open.
+    """
+
+    def __init__(self, target: Target, *, max_message_size: int) -> None:
+        self._target = target
+        self._max_message_size = max_message_size
+        self._stream: trio.abc.Stream | None = None
+        self._ws: WebSocketConnection | None = None
+        self._ping_counter = 0
+
+    async def open(
+        self,
+        nursery: trio.Nursery,
+        *,
+        headers: list[tuple[str, str]],
+        ssl_context: ssl.SSLContext | None,
+        open_stream: StreamOpener,
+    ) -> None:
+        """Open the stream (TLS for wss) and do the WebSocket handshake.
+
+        trio-websocket's reader task runs in ``nursery``; a rejection is
+        raised from it (into ``nursery``), as ``ConnectionRejected``. The
+        caller bounds the whole call: trio-websocket does not.
+        """
+        target = self._target
+        stream = await open_stream(target.host, target.port)
+        self._stream = stream
+        if target.secure:
+            context = ssl_context if ssl_context is not None else ssl.create_default_context()
+            tls = trio.SSLStream(
+                stream, context, server_hostname=target.host, https_compatible=True
+            )
+            self._stream = tls
+            await tls.do_handshake()
+            stream = tls
+        self._ws = await wrap_client_stream(
+            nursery,
+            stream,  # type: ignore[arg-type]  # any trio Stream works
+            target.host_header,
+            target.resource,
+            extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            message_queue_size=1,
+            max_message_size=self._max_message_size,
+        )
+
+    @property
+    def _open_ws(self) -> WebSocketConnection:
+        if self._ws is None:
+            raise RuntimeError("socket is not open")
+        return self._ws
+
+    async def send(self, message: Message) -> None:
+        """Send one message. :raises ConnectionClosed: the connection is closed."""
+        await self._open_ws.send_message(message)
+
+    async def receive(self) -> Message:
+        """The next message. :raises ConnectionClosed: closed and drained."""
+        return await self._open_ws.get_message()
+
+    async def ping(self) -> None:
+        """Send a ping with a payload unique on this socket; return when its pong arrives."""
+        self._ping_counter += 1
+        await self._open_ws.ping(self._ping_counter.to_bytes(8, "big"))
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection is closed, else None."""
+        reason = self._ws.closed if self._ws is not None else None
+        return reason.code if reason is not None else None
+
+    async def close_gracefully(self) -> None:
+        """Send a close frame and wait for the peer's.
+
+        Only while trio-websocket's reader task is alive (it reads the
+        answer); the caller bounds it (and shields it in cleanup paths).
+        """
+        if self._ws is not None:
+            await self._ws.aclose(1000, "client closing")
+
+    async def abort(self) -> None:
+        """Close the byte stream at once, without a close frame. Idempotent."""
+        if self._stream is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDetails:
+    """What :func:`describe_failure` found in an exception."""
+
+    kind: ErrorKind
+    error: BaseException
+    close_code: int | None = None
+    status_code: int | None = None
+    retry_after: float | None = None
+
+    def reason(self, phase: str) -> str:
+        """A reason for the log: kind, exception type, code or status, where. No message text."""
+        text = f"{self.kind}: {type(self.error).__name__}"
+        if self.close_code is not None:
+            text += f" (close code {self.close_code})"
+        if self.status_code is not None:
+            text += f" (HTTP {self.status_code})"
+        if isinstance(self.error, HeartbeatTimeout):
+            text += f" ({self.error.misses} missed)"
+        return f"{text} {phase}"
+
+
+def primary_error(error: BaseException) -> BaseException:
+    """The one exception that explains a session's end, out of nested groups.
+
+    A rejection wins (it explains the Cancelled around it); otherwise the
+    first leaf that is not ``trio.Cancelled``.
+    """
+    found = leaves(error)
+    for leaf in found:
+        if isinstance(leaf, ConnectionRejected):
+            return leaf
+    for leaf in found:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return found[0]
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """The :class:`ErrorKind` of an exception, from its type, close code or HTTP status.
+
+    Never from message text. Exception groups are classified by their
+    :func:`primary_error`.
+    """
+    return describe_failure(exc).kind
+
+
+def describe_failure(exc: BaseException) -> FailureDetails:
+    """Classify ``exc`` and pull out its close code, HTTP status and Retry-After."""
+    error = primary_error(exc)
+    if isinstance(error, ConnectionRejected):
+        status = error.status_code
+        retry_after = _retry_after(error.headers) if status in _THROTTLED_STATUSES else None
+        if status in _REJECTED_STATUSES:
+            kind = ErrorKind.REJECTED
+        elif status in _THROTTLED_STATUSES:
+            kind = ErrorKind.THROTTLED
+        else:
+            kind = ErrorKind.OTHER
+        return FailureDetails(kind, error, status_code=status, retry_after=retry_after)
+    if isinstance(error, ConnectionClosed):
+        code = int(error.reason.code) if error.reason is not None else None
+        return FailureDetails(ErrorKind.UNEXPECTED_CLOSE, error, close_code=code)
+    if isinstance(error, HeartbeatTimeout):
+        return FailureDetails(ErrorKind.HEARTBEAT, error)
+    if isinstance(error, trio.TooSlowError | ConnectionTimeout | TimeoutError):
+        return FailureDetails(ErrorKind.NETWORK, error)
+    if isinstance(error, HandshakeError) and isinstance(error.__cause__, OSError):
+        return FailureDetails(ErrorKind.NETWORK, error)
+    if isinstance(error, trio.BrokenResourceError):
+        # A TLS failure (bad certificate) will not heal by itself; a broken
+        # TCP stream is a network error.
+        cause = error.__cause__
+        kind = ErrorKind.OTHER if isinstance(cause, ssl.SSLError) else ErrorKind.NETWORK
+        return FailureDetails(kind, error)
+    if isinstance(error, ssl.SSLError):
+        return FailureDetails(ErrorKind.OTHER, error)
+    if isinstance(error, OSError):  # refused, unreachable, reset, DNS (socket.gaierror)
+        return FailureDetails(ErrorKind.NETWORK, error)
+    return FailureDetails(ErrorKind.OTHER, error)
+
+
+def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date. None if absent or bad."""
+    for name, raw in headers:
+        if name.lower() != b"retry-after":
+            continue
+        value = raw.decode("latin-1").strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    return None
