@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -14,3 +15,16 @@ def events() -> Iterator[list[dict[str, Any]]]:
     """Every structlog event emitted during the test, as dicts."""
     with structlog.testing.capture_logs() as captured:
         yield cast(list[dict[str, Any]], captured)  # capture_logs keeps the event dicts
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """No test sees another's structlog configuration, context or logger level."""
+    websocket_logger = logging.getLogger("trio-websocket")
+    saved_level = websocket_logger.level
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    websocket_logger.setLevel(saved_level)

@@ -10,6 +10,7 @@ from ._connection import (
 )
 from ._exceptions import HeartbeatTimeout, NotConnected, TrioConnError
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
+from ._logging import configure_logging
 from ._policy import Backoff, ErrorKind, RetryPolicy
 from ._state import TRANSITIONS, ConnectionState, InvalidTransition, StateMachine, Transition
 from ._transport import classify
@@ -35,5 +36,6 @@ __all__ = [
     "Transition",
     "TrioConnError",
     "classify",
+    "configure_logging",
     "open_connection",
 ]
