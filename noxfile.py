@@ -26,3 +26,16 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
     session.install("-e", ".[test,typecheck]")
     session.run("mypy", "--strict", "trio_conn", "tests")
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The full chaos run: 10 connections, 550 faults (CHAOS_SEED=N replays a seed)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "tests/test_chaos.py",
+        "-s",
+        *session.posargs,
+        env={"TRIO_CONN_CHAOS": "full"},
+    )

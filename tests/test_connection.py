@@ -830,6 +830,7 @@ async def test_real_server_process_killed_and_restarted() -> None:
         ),
     )
     records: list[Transition] = []
+    fds_before = len(os.listdir("/proc/self/fd"))
     with trio.fail_after(30):
         process, port = await _start_echo_server(0)
         try:
@@ -853,3 +854,4 @@ async def test_real_server_process_killed_and_restarted() -> None:
                 await process.stdout.aclose()
     assert records[2].reason.startswith("unexpected_close: ConnectionClosed (close code 1006)")
     assert records[-1].to_state is S.CLOSED
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # no socket left open

@@ -142,6 +142,7 @@ def error_message(error: BaseException) -> str:
     An exception that carries HTTP ``headers`` (trio-websocket's
     ``ConnectionRejected``, whose ``str`` is the response's status, headers and
     body) is rendered as its status only: response headers can set cookies.
+    An exception with no message of its own is described by its ``__cause__``.
     Never raises.
     """
     try:
@@ -149,6 +150,9 @@ def error_message(error: BaseException) -> str:
             text = f"HTTP status {error.status_code}"
         else:
             text = str(error)
+        cause = error.__cause__
+        if not text and cause is not None:  # e.g. BrokenResourceError from an SSLError
+            text = f"{type(cause).__name__}: {cause}"
     except Exception:
         text = f"<unprintable {type(error).__name__}>"
     if len(text) > MAX_ERROR_MESSAGE:

@@ -55,6 +55,8 @@ class ServerConnection:
     headers: list[tuple[str, str]]
     #: Every message received, heartbeats included, in order.
     received: list[Message] = field(default_factory=list)
+    #: Every message sent (pushed, echoed or a heartbeat reply), in order.
+    sent: list[Message] = field(default_factory=list)
     #: False once the connection has ended, for whatever reason.
     open: bool = True
     #: The close code the server saw (1000 for a client's graceful close,
@@ -102,8 +104,10 @@ class FaultServer:
         server.reject_next(1, 403)                   # credentials refused
         server.reject_next(1, 429, [("Retry-After", "7")])
         server.hang_next()                           # TCP accepted, no upgrade
+        server.garbage_next()                        # not HTTP at all
         server.close_after = 1.0                     # flapping
         await server.stop(); await server.start()    # down, then up on the same port
+        await server.heal()                          # every fault undone
     """
 
     def __init__(
@@ -123,9 +127,10 @@ class FaultServer:
         self._listener_scope: trio.CancelScope | None = None
         self._changed = trio.Event()
         self._streams: set[_FaultStream] = set()
-        self._sockets: dict[int, WebSocketConnection] = {}
+        self._sockets: dict[int, tuple[WebSocketConnection, ServerConnection]] = {}
         self._reject: list[tuple[int, list[tuple[bytes, bytes]], bytes]] = []
         self._hang_remaining = 0
+        self._garbage_remaining = 0
 
         self.echo = True
         self.answer_pings = True
@@ -141,6 +146,7 @@ class FaultServer:
         self.accepted = 0
         self.rejected = 0
         self.hung = 0
+        self.garbled = 0
         self.connections: list[ServerConnection] = []
 
     # -- addresses and lifecycle ---------------------------------------------
@@ -218,9 +224,9 @@ class FaultServer:
         oversized message, ``bytes`` for a binary one.
         """
         sent = 0
-        for ws in list(self._sockets.values()):
+        for ws, record in list(self._sockets.values()):
             try:
-                await ws.send_message(message)
+                await _send(ws, record, message)
             except ConnectionClosed:
                 continue
             sent += 1
@@ -244,7 +250,7 @@ class FaultServer:
         (a client that never answers the close frame is cut off after 5 s).
         """
         streams = list(self._streams)
-        for ws in list(self._sockets.values()):
+        for ws, _ in list(self._sockets.values()):
             with trio.move_on_after(5):
                 await ws.aclose(code, reason)
         await self._wait_ended(streams)
@@ -276,9 +282,28 @@ class FaultServer:
         encoded = [(k.encode(), v.encode()) for k, v in headers]
         self._reject.extend([(status, encoded, body)] * count)
 
+    def garbage_next(self, count: int = 1) -> None:
+        """Answer the next ``count`` upgrade requests with bytes that are not HTTP.
+
+        The stream then stays open, silent, until the client gives up.
+        """
+        self._garbage_remaining += count
+
     def hang_next(self, count: int = 1) -> None:
         """Accept TCP for the next ``count`` connections and never answer the upgrade."""
         self._hang_remaining += count
+
+    async def heal(self) -> None:
+        """Undo every fault: listen again, thaw, answer pings and heartbeats,
+        stop flapping, and forget pending rejections, hangs and garbage."""
+        self._reject.clear()
+        self._hang_remaining = 0
+        self._garbage_remaining = 0
+        self.answer_pings = True
+        self.answer_heartbeats = True
+        self.close_after = None
+        self.thaw()
+        await self.start()
 
     async def wait_accepted(self, count: int = 1) -> None:
         """Wait until at least ``count`` handshakes have been accepted in total."""
@@ -320,20 +345,27 @@ class FaultServer:
         self.tcp_connections += 1
         self._streams.add(stream)
         hang = self._hang_remaining > 0
+        garbage = not hang and self._garbage_remaining > 0
         if hang:
             self._hang_remaining -= 1
             self.hung += 1
+        elif garbage:
+            self._garbage_remaining -= 1
+            self.garbled += 1
         self._notify()
         task_status.started()
         try:
-            if hang:
+            if garbage:
+                await stream.read_request()
+                await stream.send_all(b"\x00\xffNOT HTTP\r\n\x1b[2J\r\n\r\n")
+            if hang or garbage:
                 await stream.discard_until_eof()
                 return
             async with trio.open_nursery() as nursery:
                 await self._serve_websocket(nursery, stream)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-            pass  # the client went away or a fault closed the stream: nothing to clean up
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+            pass  # the client went away, TLS failed or a fault closed the stream
         finally:
             self._streams.discard(stream)
             with trio.CancelScope(shield=True):
@@ -378,7 +410,7 @@ class FaultServer:
                 return
             await request.accept()
             self.accepted += 1
-            self._sockets[record.id] = ws
+            self._sockets[record.id] = (ws, record)
             self._notify()
             if self.close_after is not None:
                 nursery.start_soon(self._end_later, stream, ws, self.close_after)
@@ -399,9 +431,9 @@ class FaultServer:
                 self._notify()
                 if self.is_heartbeat is not None and self.is_heartbeat(message):
                     if self.answer_heartbeats and self.heartbeat_reply is not None:
-                        await ws.send_message(self.heartbeat_reply(message))
+                        await _send(ws, record, self.heartbeat_reply(message))
                 elif self.echo:
-                    await ws.send_message(message)
+                    await _send(ws, record, message)
         except ConnectionClosed as closed:  # on receive or on send: the connection ended
             record.close_code = int(closed.reason.code) if closed.reason else None
 
@@ -455,6 +487,15 @@ class _FaultStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
 
+    async def read_request(self) -> None:
+        """Read up to the end of an HTTP request head (or EOF), at most 64 KiB."""
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = await self.receive_some(65536)
+            if not data:
+                return
+            head += data
+
     async def discard_until_eof(self) -> None:
         while await self.receive_some(65536):
             pass
@@ -472,6 +513,11 @@ class _FaultStream(trio.abc.Stream):
             self.closed = True
             self._server._notify()  # wake a frozen reader so it sees the close
         await trio.aclose_forcefully(self._inner)
+
+
+async def _send(ws: WebSocketConnection, record: ServerConnection, message: Message) -> None:
+    await ws.send_message(message)
+    record.sent.append(message)
 
 
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
