@@ -602,7 +602,9 @@ async def test_user_exception_comes_out_as_itself(autojump_clock: trio.testing.M
         assert library_tasks() == []
 
 
-async def test_outer_cancellation_closes(autojump_clock: trio.testing.MockClock) -> None:
+async def test_outer_cancellation_closes_gracefully(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with open_fault_server() as server:
         with trio.move_on_after(5) as scope:
             async with managed(server) as conn:
@@ -610,6 +612,8 @@ async def test_outer_cancellation_closes(autojump_clock: trio.testing.MockClock)
         assert scope.cancelled_caught
         assert conn.state is S.CLOSED
         assert library_tasks() == []
+        await server.wait_closed()
+        assert server.connections[0].close_code == 1000  # a close frame, even so
 
 
 async def test_receive_ends_after_buffered_messages(

@@ -95,7 +95,7 @@ def test_close_code_and_status_are_extracted() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [(b"7", 7.0), (b" 120 ", 120.0), (b"soon", None), (b"-5", None)],
+    [(b"7", 7.0), (b" 120 ", 120.0), (b"soon", None), (b"-5", None), (b"\xb2", None)],
 )
 def test_retry_after_seconds(header: bytes, expected: float | None) -> None:
     details = describe_failure(rejected(429, ((b"retry-after", header),)))
@@ -180,3 +180,29 @@ def test_header_errors_do_not_show_the_value() -> None:
     with pytest.raises(TypeError) as info:
         check_headers([("Cookie", b"s3cr3t-token")], "headers")
     assert "s3cr3t" not in str(info.value)
+
+
+def test_reason_names_the_cause_of_a_bare_connect_error() -> None:
+    error = OSError("all attempts to connect to 127.0.0.1:1 failed")
+    error.__cause__ = ExceptionGroup("attempts", [ConnectionRefusedError(111, "refused")])
+    details = describe_failure(error)
+    assert details.kind is K.NETWORK
+    assert details.reason("during the handshake") == (
+        "network: ConnectionRefusedError during the handshake"
+    )
+    mixed = OSError("all attempts failed")
+    mixed.__cause__ = ExceptionGroup("attempts", [ConnectionRefusedError(), TimeoutError()])
+    assert describe_failure(mixed).reason("x") == "network: OSError x"
+
+
+async def test_real_refused_connection_is_named() -> None:
+    """Real clock: a real refused TCP connection to a port nobody listens on."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # the port is now closed: connecting is refused at once
+    with pytest.raises(OSError) as info:
+        await trio.open_tcp_stream("127.0.0.1", port)
+    assert describe_failure(info.value).reason("during the handshake") == (
+        "network: ConnectionRefusedError during the handshake"
+    )

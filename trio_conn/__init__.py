@@ -8,7 +8,7 @@ from ._connection import (
     Session,
     open_connection,
 )
-from ._exceptions import HeartbeatTimeout, NotConnected, TrioConnError
+from ._exceptions import HeartbeatTimeout, NotConnected, SendInterrupted, TrioConnError
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import configure_logging
 from ._policy import Backoff, ErrorKind, RetryPolicy
@@ -31,6 +31,7 @@ __all__ = [
     "NotConnected",
     "PingHeartbeat",
     "RetryPolicy",
+    "SendInterrupted",
     "Session",
     "StateMachine",
     "Transition",

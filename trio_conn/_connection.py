@@ -14,6 +14,7 @@ closing) post a request and wake it.
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -26,7 +27,7 @@ import trio
 
 from ._config import ConnectionConfig
 from ._events import ConnectionEvents, redact_url
-from ._exceptions import NotConnected, leaves
+from ._exceptions import NotConnected, SendInterrupted, leaves
 from ._heartbeat import Heartbeat, HeartbeatMonitor, PingHeartbeat
 from ._policy import ErrorKind
 from ._state import ConnectionState, StateMachine, Transition
@@ -164,6 +165,7 @@ class ManagedConnection:
         self._run_requested = True  # open_connection starts connecting at once
         self._reset_reason: str | None = None
         self._interruptible: trio.CancelScope | None = None
+        self._supervisor_scope = trio.CancelScope()
         self._socket: Socket | None = None
 
         self._attempts = 0
@@ -228,6 +230,12 @@ class ManagedConnection:
             raise NotConnected(self.state)
         try:
             await socket.send(message)
+        except trio.Cancelled:
+            # Cut short, the write may have left part of a frame on the wire:
+            # the peer would read what follows as garbage. End this session.
+            socket.broken = True
+            self._poke()
+            raise
         except Exception as exc:
             # The session sees the same failure and handles it; the caller
             # only needs to know this message was not sent.
@@ -273,8 +281,10 @@ class ManagedConnection:
         if self.state is S.CLOSED:
             await trio.lowlevel.checkpoint()
             return
+        entered = self._entered[S.DISCONNECTED]
         self._request_stop(S.DISCONNECTED, reason)
-        while not self._stopped_in(S.DISCONNECTED):
+        # Entered, not "is": on_transition may call connect() at once.
+        while not (entered.is_set() or self._stopped_in(S.DISCONNECTED)):
             await self._changed.wait()
 
     async def reset(self, reason: str = "reset requested") -> bool:
@@ -392,13 +402,21 @@ class ManagedConnection:
     async def _supervise(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        task_status.started()
+        # Shielded: a cancellation from outside open_connection's block must not
+        # cut the graceful close short; open_connection cancels this scope itself
+        # once the close has had its bounded time.
+        with trio.CancelScope(shield=True) as self._supervisor_scope:
+            task_status.started()
+            await self._supervise_forever()
+
+    async def _supervise_forever(self) -> None:
         try:
             while True:
                 while not self._run_requested and self._stop is None:
                     await self._changed.wait()
                 if self._run_requested:
                     self._run_requested = False
+                    self._failures = 0  # a fresh start, after disconnect() or at open
                     await self._run()
                 stop = self._stop
                 if stop is not None:
@@ -464,24 +482,32 @@ class ManagedConnection:
     async def _failed(self) -> str:
         """Stay FAILED until the hook refreshes credentials or reset(); return the reason.
 
+        A reset() also cuts the hook's cooldown short, and one made while the
+        hook runs is used up when FAILED is left, never kept for the next time.
+
         :raises _Stopped: a stop request arrived meanwhile.
         """
         if self._on_failed is not None:
             if self._last_recovery_at is not None:
-                wait_until = self._last_recovery_at + self.config.recovery_cooldown
-                await self._sleep_interruptibly(max(0.0, wait_until - trio.current_time()))
-            if await self._call_on_failed():
-                self._failures = 0
-                self._transition(S.RECONNECTING, "credentials refreshed by on_failed")
-                return "recovered by on_failed"
-        while self._reset_reason is None:
-            if self._stop is not None:
-                raise _Stopped
-            await self._changed.wait()
-        reason, self._reset_reason = self._reset_reason, None
+                await self._wait_in_failed(self._last_recovery_at + self.config.recovery_cooldown)
+            if self._reset_reason is None and await self._call_on_failed():
+                return self._leave_failed("credentials refreshed by on_failed")
+        await self._wait_in_failed(math.inf)
+        return self._leave_failed(f"reset: {self._reset_reason}")
+
+    async def _wait_in_failed(self, deadline: float) -> None:
+        """Wait until ``deadline`` or a reset(). :raises _Stopped: on a stop request."""
+        with trio.move_on_at(deadline):
+            while self._reset_reason is None and self._stop is None:
+                await self._changed.wait()
+        if self._stop is not None:
+            raise _Stopped
+
+    def _leave_failed(self, reason: str) -> str:
+        self._reset_reason = None
         self._failures = 0
-        self._transition(S.RECONNECTING, f"reset: {reason}")
-        return f"reset: {reason}"
+        self._transition(S.RECONNECTING, reason)
+        return reason
 
     async def _call_on_failed(self) -> bool:
         assert self._on_failed is not None
@@ -608,9 +634,11 @@ class ManagedConnection:
             tasks.start_soon(self._receive_loop, socket, monitor)
             if config.stable_after > 0:
                 tasks.start_soon(self._mark_stable_after, config.stable_after)
-            while self._stop is None:
+            while self._stop is None and not socket.broken:
                 await self._changed.wait()
             tasks.cancel_scope.cancel()
+        if socket.broken:
+            raise SendInterrupted("a send was cancelled mid-message; the socket was dropped")
         with trio.move_on_after(config.close_timeout, shield=True):
             await socket.close_gracefully()
 
@@ -727,6 +755,7 @@ async def open_connection(
                 # margin covers the tasks' own cleanup.
                 with trio.move_on_after(conn.config.close_timeout + 1.0, shield=True):
                     await conn._close("closed by the application")
+                conn._supervisor_scope.cancel()  # past its bound: end it anyway (CLOSED)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if user_error is not None and all(

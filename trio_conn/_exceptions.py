@@ -15,6 +15,10 @@ class NotConnected(TrioConnError):
         self.state = state
 
 
+class SendInterrupted(TrioConnError):
+    """A send was cancelled part way: the socket may hold half a frame, so it was dropped."""
+
+
 class HeartbeatTimeout(TrioConnError):
     """The peer missed ``misses`` consecutive heartbeats: it is judged dead."""
 

@@ -25,8 +25,12 @@ class Heartbeat(abc.ABC):
     """How to send a beat and recognise its reply."""
 
     @abc.abstractmethod
-    async def beat(self, socket: Socket) -> bool:
-        """Send one beat. Return True if the reply has already arrived when it returns."""
+    async def beat(self, socket: Socket, deadline: float) -> bool:
+        """Send one beat; return True if its reply arrived (by ``deadline`` at the latest).
+
+        Returning False means the reply, if any, comes as a message that
+        :meth:`is_response` recognises.
+        """
 
     def is_response(self, message: Message) -> bool:
         """Whether ``message`` is a beat's reply (consumed, never delivered)."""
@@ -36,9 +40,8 @@ class Heartbeat(abc.ABC):
 class PingHeartbeat(Heartbeat):
     """WebSocket ping frames; the pong is the reply. Payloads are unique per socket."""
 
-    async def beat(self, socket: Socket) -> bool:
-        await socket.ping()
-        return True
+    async def beat(self, socket: Socket, deadline: float) -> bool:
+        return await socket.ping(deadline)
 
     def __repr__(self) -> str:
         return "PingHeartbeat()"
@@ -64,7 +67,7 @@ class MessageHeartbeat(Heartbeat):
         self._make_message = make_message
         self._is_response = is_response
 
-    async def beat(self, socket: Socket) -> bool:
+    async def beat(self, socket: Socket, deadline: float) -> bool:
         message = self._make_message()
         if not isinstance(message, str | bytes):
             raise TypeError(f"make_message must return str or bytes, got {type(message).__name__}")
@@ -142,14 +145,14 @@ class HeartbeatMonitor:
         beat.alive.set()
 
     async def _send(self, socket: Socket, beat: _Beat) -> None:
-        if await self._heartbeat.beat(socket):
+        if await self._heartbeat.beat(socket, beat.sent_at + self._timeout):
             self._replied(beat)
 
     async def run(self, socket: Socket, nursery: trio.Nursery) -> None:
         """Beat until the peer is judged dead.
 
         Beats are sent from tasks in ``nursery`` (the session's), never
-        cancelled mid-frame by a timeout; they end with the session.
+        cancelled mid-frame by a timeout; each ends by its reply deadline.
 
         :raises HeartbeatTimeout: ``max_misses`` consecutive beats went unanswered.
         """

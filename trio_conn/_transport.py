@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import trio
+import wsproto.events
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -134,6 +135,8 @@ class Socket:
         self._stream: trio.abc.Stream | None = None
         self._ws: WebSocketConnection | None = None
         self._ping_counter = 0
+        #: Set when a send was cut short: the stream may hold half a frame.
+        self.broken = False
 
     async def open(
         self,
@@ -184,10 +187,31 @@ class Socket:
         """The next message. :raises ConnectionClosed: closed and drained."""
         return await self._open_ws.get_message()
 
-    async def ping(self) -> None:
-        """Send a ping with a payload unique on this socket; return when its pong arrives."""
+    async def ping(self, deadline: float) -> bool:
+        """Send a ping with a payload unique on this socket; wait for its pong until ``deadline``.
+
+        Returns whether the pong arrived. Only the wait is bounded: the frame
+        itself is always written whole (a send cut short corrupts the stream).
+        This is trio-websocket's ``ping()`` split in two (its ``_pings`` and
+        ``_send``, 0.12), so that an unanswered ping neither stays registered
+        nor keeps a task waiting.
+
+        :raises ConnectionClosed: the connection is closed.
+        """
+        ws = self._open_ws
+        if ws.closed is not None:
+            raise ConnectionClosed(ws.closed)
         self._ping_counter += 1
-        await self._open_ws.ping(self._ping_counter.to_bytes(8, "big"))
+        payload = self._ping_counter.to_bytes(8, "big")
+        answered = trio.Event()
+        ws._pings[payload] = answered
+        try:
+            await ws._send(wsproto.events.Ping(payload=payload))
+            with trio.move_on_at(deadline):
+                await answered.wait()
+        finally:
+            ws._pings.pop(payload, None)
+        return answered.is_set()
 
     @property
     def close_code(self) -> int | None:
@@ -223,7 +247,7 @@ class FailureDetails:
 
     def reason(self, phase: str) -> str:
         """A reason for the log: kind, exception type, code or status, where. No message text."""
-        text = f"{self.kind}: {type(self.error).__name__}"
+        text = f"{self.kind}: {_type_name(self.error)}"
         if self.close_code is not None:
             text += f" (close code {self.close_code})"
         if self.status_code is not None:
@@ -231,6 +255,18 @@ class FailureDetails:
         if isinstance(self.error, HeartbeatTimeout):
             text += f" ({self.error.misses} missed)"
         return f"{text} {phase}"
+
+
+def _type_name(error: BaseException) -> str:
+    """The exception's type name; for trio's bare "all attempts to connect failed"
+    OSError, the type of the attempts' errors (e.g. ConnectionRefusedError)."""
+    if type(error) is OSError and error.__cause__ is not None:
+        causes = {type(leaf) for leaf in leaves(error.__cause__)}
+        if len(causes) == 1:
+            (cause,) = causes
+            if issubclass(cause, OSError):
+                return cause.__name__
+    return type(error).__name__
 
 
 def primary_error(error: BaseException) -> BaseException:
@@ -299,7 +335,7 @@ def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
         if name.lower() != b"retry-after":
             continue
         value = raw.decode("latin-1").strip()
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # not "²": str.isdigit() alone admits it
             return float(value)
         try:
             when = email.utils.parsedate_to_datetime(value)

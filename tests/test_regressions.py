@@ -1,0 +1,201 @@
+"""Regressions found in review: each test failed before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from trio_conn import (
+    ConnectionConfig,
+    ConnectionState,
+    FailureInfo,
+    RetryPolicy,
+    Transition,
+    open_connection,
+)
+from trio_conn.testing import FaultServer, open_fault_server
+
+S = ConnectionState
+NO_JITTER = RetryPolicy(jitter=0.0)
+
+
+class HalfWritingStream(trio.abc.Stream):
+    """A client stream that, once ``stall`` is set, writes half of a send and hangs."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self._inner = inner
+        self.stall = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.stall and len(data) > 100:
+            await self._inner.send_all(data[: len(data) // 2])
+            await trio.sleep_forever()
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_send_cancelled_mid_frame_drops_the_socket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    streams: list[HalfWritingStream] = []
+
+    async with open_fault_server() as server:
+
+        async def open_stream(host: str, port: int) -> trio.abc.Stream:
+            stream = HalfWritingStream(await server.open_stream(host, port))
+            streams.append(stream)
+            return stream
+
+        records: list[Transition] = []
+        async with open_connection(
+            server.url,
+            open_stream=open_stream,
+            on_transition=records.append,
+            config=ConnectionConfig(retry=NO_JITTER),
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            streams[0].stall = True
+            with trio.move_on_after(1):
+                await conn.send("x" * 1000)  # half of the frame is on the wire
+            await conn.wait_for_state(S.RECONNECTING)
+            await conn.wait_for_state(S.CONNECTED)
+            await conn.send("clean")
+            assert await conn.receive() == "clean"
+    assert records[2].reason == "other: SendInterrupted while connected"
+    assert server.connections[0].received == []  # the peer never read a corrupt frame
+    assert server.connections[1].received == ["clean"]
+
+
+async def test_reset_during_the_hook_is_not_kept_for_the_next_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    answers = [True, False]
+    hook_running = trio.Event()
+    let_hook_answer = trio.Event()
+
+    async def on_failed(info: FailureInfo) -> bool:
+        if len(answers) == 2:
+            hook_running.set()
+            await let_hook_answer.wait()
+        return answers.pop(0)
+
+    config = ConnectionConfig(retry=NO_JITTER, recovery_cooldown=0)
+    async with open_fault_server() as server:
+        server.reject_next(1, 403)
+        async with open_connection(
+            server.url, open_stream=server.open_stream, on_failed=on_failed, config=config
+        ) as conn:
+            await hook_running.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.reset, "operator")
+                await trio.testing.wait_all_tasks_blocked()
+                let_hook_answer.set()
+            await conn.wait_for_state(S.CONNECTED)
+            server.reject_next(1, 403)
+            await server.drop()
+            await conn.wait_for_state(S.FAILED)
+            await trio.sleep(600)
+            assert conn.state is S.FAILED  # the hook said False, and no reset is pending
+
+
+async def test_reset_cuts_the_recovery_cooldown_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def on_failed(info: FailureInfo) -> bool:
+        return False
+
+    async with open_fault_server() as server:
+        server.reject_next(2, 403)
+        async with open_connection(
+            server.url,
+            open_stream=server.open_stream,
+            on_failed=on_failed,
+            config=ConnectionConfig(retry=NO_JITTER, recovery_cooldown=60),
+        ) as conn:
+            await conn.wait_for_state(S.FAILED)
+            await trio.testing.wait_all_tasks_blocked()  # the hook said False
+            assert await conn.reset("first")
+            await conn.wait_for_state(S.FAILED)  # the second 403: cooldown running
+            started = trio.current_time()
+            assert await conn.reset("second")
+            assert trio.current_time() == started  # not 60 s later
+            await conn.wait_for_state(S.CONNECTED)
+
+
+def heartbeat_tasks() -> int:
+    count = 0
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        nonlocal count
+        count += task.name.endswith("HeartbeatMonitor._send")
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    walk(root)
+    return count
+
+
+async def test_unanswered_pings_do_not_pile_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def chatter(server: FaultServer) -> None:
+        while True:  # data keeps the peer alive although it ignores pings
+            await server.push("tick")
+            await trio.sleep(5)
+
+    async with (
+        open_fault_server() as server,
+        open_connection(server.url, open_stream=server.open_stream) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        server.answer_pings = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(chatter, server)
+            nursery.start_soon(_drain, conn)
+            await trio.sleep(607)  # 40 unanswered beats; 7 s off the beat boundaries
+            assert conn.state is S.CONNECTED
+            # Each beat waits for its pong at most heartbeat_timeout (30 s); beats
+            # start every 15 s, so two overlap at most (before the fix: 40).
+            assert heartbeat_tasks() <= 2
+            nursery.cancel_scope.cancel()
+
+
+async def _drain(conn: Any) -> None:
+    async for _ in conn:
+        pass
+
+
+async def test_disconnect_returns_when_on_transition_reconnects(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    holder: list[Any] = []
+
+    def on_transition(record: Transition) -> None:
+        if record.to_state is S.DISCONNECTED:
+            holder[0].connect()  # an application that always wants to be connected
+
+    async with (
+        open_fault_server() as server,
+        open_connection(
+            server.url, open_stream=server.open_stream, on_transition=on_transition
+        ) as conn,
+    ):
+        holder.append(conn)
+        await conn.wait_for_state(S.CONNECTED)
+        with trio.fail_after(60):
+            await conn.disconnect("bounce")
+        await conn.wait_for_state(S.CONNECTED)
+        assert server.accepted == 2
