@@ -9,7 +9,7 @@ nox.options.reuse_venv = "yes"
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (virtual time; a few marked tests use the real clock)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,plot]")
     session.run("pytest", *session.posargs)
 
 

@@ -51,7 +51,8 @@ from ._events import (
 )
 
 ECS_VERSION = "8.11.0"
-FORMATS = ("json", "ecs", "console")
+LogFormat = Literal["json", "ecs", "console"]
+FORMATS: tuple[LogFormat, ...] = ("json", "ecs", "console")
 LEVELS: Mapping[str, int] = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -343,7 +344,7 @@ def _check_level(level: str | int) -> int:
 
 
 def configure_logging(
-    format: Literal["json", "ecs", "console"] = "json",
+    format: LogFormat = "json",
     level: str | int = "info",
     stream: IO[str] | IO[bytes] | None = None,
     service_name: str = "trio-conn",

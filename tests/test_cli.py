@@ -1,0 +1,284 @@
+"""The trio-conn command, through its real entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trio_conn.cli import format_message, main, parse_header, reply_matcher
+from trio_conn.testing import open_fault_server
+
+ROOT = Path(__file__).parent.parent
+FIXTURE = Path(__file__).parent / "data" / "report-fixture.ndjson"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def trio_conn_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trio_conn", *args]
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "trio-conn"
+    assert script.exists(), "pip install . did not install the trio-conn script"
+    result = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0
+    for command in ("demo", "connect", "report"):
+        assert command in result.stdout
+
+
+def test_demo_plays_the_whole_story() -> None:
+    """Real clock: the demo is a real-time story (about 20 s; DESIGN allows 30)."""
+    result = subprocess.run(
+        trio_conn_command("demo", "--log-format", "json"),
+        capture_output=True,
+        text=True,
+        timeout=40,
+        env=ENV,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    story = result.stdout
+    for step in range(1, 7):
+        assert f"[{step}/6]" in story
+    assert "recovery hook: the cookie was refused" in story
+    assert "Summary" in story
+    assert "final state closed" in story
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    changes = [e for e in events if e["event"] == "connection.state_changed"]
+    reasons = [e["reason"] for e in changes]
+    assert any(r.startswith("unexpected_close") for r in reasons)
+    assert any(r.startswith("heartbeat: HeartbeatTimeout") for r in reasons)
+    assert any(r.startswith("rejected") for r in reasons)
+    assert any(r.startswith("network: ConnectionRefusedError") for r in reasons)
+    assert [e["to_state"] for e in changes][-1] == "closed"
+    assert {"connection.heartbeat_missed", "connection.recovery"} <= {e["event"] for e in events}
+    retries = [e["retry_in_s"] for e in changes if e.get("error_kind") == "network"]
+    assert retries == sorted(retries)
+    assert len(retries) >= 2  # the backoff grows while the server is down
+    assert retries[0] < retries[-1]
+
+
+# -- connect -------------------------------------------------------------------------
+
+
+async def test_connect_prints_messages_and_closes_on_ctrl_c() -> None:
+    """Real clock: a real process connected over TCP, stopped with SIGINT."""
+    with trio.fail_after(30):
+        async with open_fault_server() as server:
+            process = await trio.lowlevel.open_process(
+                trio_conn_command(
+                    "connect",
+                    server.url,
+                    "-H",
+                    "Cookie: session=s3cr3t-value",
+                    "--send",
+                    '{"op": "subscribe"}',
+                    "--log-format",
+                    "json",
+                    "--heartbeat-interval",
+                    "1",
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=ENV,
+            )
+            assert process.stdout is not None
+            assert process.stderr is not None
+            stderr = b""
+            stdout = b""
+            try:
+                await server.wait_received(1)
+                await server.push("line one\nline two")
+                await server.push(b"\x00\x01")
+                while stdout.count(b"\n") < 3:  # the subscription's echo, then the pushes
+                    chunk = await process.stdout.receive_some(4096)
+                    assert chunk, "trio-conn connect exited early"
+                    stdout += chunk
+                process.send_signal(signal.SIGINT)
+                async with trio.open_nursery() as nursery:
+
+                    async def drain_stderr() -> None:
+                        nonlocal stderr
+                        assert process.stderr is not None
+                        while chunk := await process.stderr.receive_some(65536):
+                            stderr += chunk
+
+                    nursery.start_soon(drain_stderr)
+                    await process.wait()
+            finally:
+                process.kill()
+                await process.wait()
+                await process.stdout.aclose()
+                await process.stderr.aclose()
+            assert process.returncode == 0
+            assert server.connections[0].header("cookie") == "session=s3cr3t-value"
+    assert stdout.decode().splitlines() == [
+        '{"op": "subscribe"}',
+        "line one\\nline two",
+        "base64:AAE=",
+    ]
+    text = stderr.decode()
+    assert "s3cr3t" not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    last = events[-1]
+    assert (last["event"], last["to_state"]) == ("connection.state_changed", "closed")
+    assert server.connections[0].close_code == 1000  # closed with a close frame
+
+
+def test_connect_rejects_bad_input_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["connect", "http://example.com/"]) == 2
+    assert "must start with ws:// or wss://" in capsys.readouterr().err
+    assert main(["connect", "ws://example.com/", "-H", "no colon here"]) == 2
+    assert "-H must be 'Name: value'" in capsys.readouterr().err
+    assert main(["connect", "ws://x/", "--heartbeat", "message", "--heartbeat-reply", "[1]"]) == 2
+    assert "--heartbeat-reply must be a JSON object" in capsys.readouterr().err
+    assert main(["connect", "ws://x/", "--heartbeat-timeout", "0"]) == 2
+    assert "heartbeat_timeout must be finite and > 0" in capsys.readouterr().err
+
+
+def test_connect_helpers() -> None:
+    assert parse_header("Authorization: Bearer a:b") == ("Authorization", "Bearer a:b")
+    with pytest.raises(ValueError, match="Name: value"):
+        parse_header(": value")
+    matches = reply_matcher('{"op": "pong"}')
+    assert matches('{"op": "pong", "t": 1}')
+    assert not matches('{"op": "ping"}')
+    assert not matches("not json")
+    assert not matches("[1]")
+    assert format_message("a\\b\r\n") == "a\\\\b\\r\\n"
+    assert format_message(b"hi") == "base64:aGk="
+
+
+# -- report --------------------------------------------------------------------------
+#
+# The fixture holds two connections. feed-a (plain json lines):
+#   disconnected->connecting 0.0, connecting->connected 0.5, connected->reconnecting 10.0,
+#   reconnecting->connecting 3.0, connecting->connected 0.5, connected->reconnecting 100.0,
+#   reconnecting->connecting 6.0, connecting->reconnecting 2.0, reconnecting->failed 0.0,
+#   failed->reconnecting 60.0, reconnecting->connecting 0.0, connecting->connected 1.0,
+#   connected->closed 50.0; and one state_stuck event.
+# feed-b (ECS lines, half of them with the duration only in event.duration):
+#   disconnected->connecting 0.0, connecting->connected 1.0, connected->disconnected 20.0,
+#   disconnected->connecting 5.0, connecting->connected 1.0, connected->closed 30.0.
+# Plus a line that is not JSON, a state_changed with an unknown state (both
+# malformed), a heartbeat_missed event (other) and an empty line (not counted).
+#
+# Worked out by hand:
+#   feed-a: connecting 0.5+0.5+2+1 = 4; connected 10+100+50 = 160; reconnecting
+#   3+6+0+0 = 9; failed 60; disconnected 0; observed 233. Attempts (into connecting)
+#   4; failures (into reconnecting from connecting or connected) 3, rate 0.75;
+#   flaps (connected < 30 s then reconnecting) 1, per hour 3600/233.
+#   feed-b: disconnected 0+5 = 5; connecting 2; connected 50; observed 57; attempts 2.
+#   overall: observed 290; attempts 6; failures 3; rate 0.5.
+
+
+def fixture_report(*extra: str) -> dict[str, Any]:
+    result = subprocess.run(
+        trio_conn_command("report", str(FIXTURE), "--json", *extra),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 malformed lines skipped" in result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_report_figures_worked_out_by_hand() -> None:
+    report = fixture_report()
+    assert (report["lines"], report["malformed_lines"], report["other_events"]) == (23, 2, 1)
+    a, b = report["connections"]
+    assert a["conn_id"] == "feed-a"
+    assert a["observed_s"] == 233.0
+    times = {state: figures["time_s"] for state, figures in a["states"].items()}
+    assert times == {
+        "disconnected": 0.0,
+        "connecting": 4.0,
+        "connected": 160.0,
+        "reconnecting": 9.0,
+        "failed": 60.0,
+    }
+    assert a["states"]["connected"]["share"] == pytest.approx(160 / 233)
+    assert a["states"]["connected"]["mean_stay_s"] == pytest.approx(160 / 3)
+    assert a["states"]["connected"]["longest_stay_s"] == 100.0
+    assert a["states"]["connecting"]["stays"] == 4
+    assert (a["attempts"], a["failures"], a["failure_rate"]) == (4, 3, 0.75)
+    assert a["flaps"] == 1
+    assert a["flaps_per_hour"] == pytest.approx(3600 / 233)
+    assert a["stuck_events"] == 1
+    assert a["transitions"]["connected->reconnecting"] == 2
+    assert a["transitions"]["reconnecting->failed"] == 1
+
+    assert b["conn_id"] == "feed-b"
+    assert b["observed_s"] == 57.0
+    assert {s: f["time_s"] for s, f in b["states"].items()} == {
+        "disconnected": 5.0,
+        "connecting": 2.0,
+        "connected": 50.0,
+    }
+    assert (b["attempts"], b["failures"], b["failure_rate"], b["flaps"]) == (2, 0, 0.0, 0)
+
+    overall = report["overall"]
+    assert overall["observed_s"] == 290.0
+    assert (overall["attempts"], overall["failures"], overall["failure_rate"]) == (6, 3, 0.5)
+    assert overall["states"]["connected"]["time_s"] == 210.0
+    assert overall["stuck_events"] == 1
+
+
+def test_report_flap_threshold_option() -> None:
+    report = fixture_report("--flap-threshold", "200")
+    assert report["connections"][0]["flaps"] == 2  # the 100 s stay counts now
+
+
+def test_report_text_and_stdin() -> None:
+    result = subprocess.run(
+        trio_conn_command("report", "-"),
+        input=FIXTURE.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+        check=False,
+    )
+    assert result.returncode == 0
+    text = result.stdout
+    assert "23 lines, 19 transitions, 2 connections, 2 malformed lines" in text
+    assert "== overall: 290.0 s observed" in text
+    assert "== feed-a: 233.0 s observed" in text
+    assert "attempts 4, failures 3, failure rate 75.0%, flaps 1 (15.5/h), stuck events 1" in text
+
+
+def test_report_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "/nonexistent/events.ndjson"]) == 2
+    assert "cannot read /nonexistent/events.ndjson" in capsys.readouterr().err
+
+
+def test_report_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")  # the optional plot extra
+    target = tmp_path / "timeline.png"
+    fixture_report("--plot", str(target))
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_plot_without_matplotlib_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if missing
+    assert main(["report", str(FIXTURE), "--plot", str(tmp_path / "t.png")]) == 2
+    captured = capsys.readouterr()
+    assert "pip install 'trio-conn[plot]'" in captured.err
+    assert "== overall" in captured.out  # the report itself is still printed
+    assert not (tmp_path / "t.png").exists()

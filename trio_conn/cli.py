@@ -1,0 +1,299 @@
+"""The ``trio-conn`` command: ``demo``, ``connect URL`` and ``report FILE...``.
+
+Events go to stderr (console renderer on a terminal, JSON otherwise, or what
+``--log-format`` says); what the command produces (the demo's story, received
+messages, the report) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from ._config import ConnectionConfig
+from ._connection import Session, open_connection
+from ._events import redact_url
+from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
+from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
+from ._report import build_report, render_text
+from ._transport import Message, parse_url
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except ValueError as exc:  # bad input found after parsing: a clear line, no traceback
+        print(f"trio-conn: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        return EXIT_INTERRUPTED
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-conn",
+        description="Keep a WebSocket connection alive, and read what its logs say.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="a scripted story against a fault-injecting server")
+    _logging_options(demo)
+    demo.set_defaults(run=_run_demo)
+
+    connect = commands.add_parser("connect", help="a managed connection to a real endpoint")
+    connect.add_argument("url", help="ws:// or wss:// URL")
+    connect.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="request header, repeatable; values are never logged",
+    )
+    connect.add_argument(
+        "--send",
+        action="append",
+        default=[],
+        metavar="MESSAGE",
+        help="message sent after every connect (e.g. a subscription), repeatable",
+    )
+    connect.add_argument(
+        "--heartbeat",
+        choices=("ping", "message", "none"),
+        default="ping",
+        help="ping/pong frames (default), an application message, or none",
+    )
+    connect.add_argument(
+        "--heartbeat-message",
+        metavar="JSON",
+        default='{"op": "ping"}',
+        help='with --heartbeat message: the JSON sent as a beat (default {"op": "ping"})',
+    )
+    connect.add_argument(
+        "--heartbeat-reply",
+        metavar="JSON",
+        default='{"op": "pong"}',
+        help="with --heartbeat message: a JSON object; a message containing all of its "
+        'keys and values is a reply (default {"op": "pong"})',
+    )
+    defaults = ConnectionConfig()
+    for option, field, kind in (
+        ("--heartbeat-interval", "heartbeat_interval", float),
+        ("--heartbeat-timeout", "heartbeat_timeout", float),
+        ("--max-heartbeat-failures", "max_heartbeat_failures", int),
+        ("--max-connection-failures", "max_connection_failures", int),
+        ("--connect-timeout", "connect_timeout", float),
+    ):
+        connect.add_argument(
+            option,
+            type=kind,
+            default=getattr(defaults, field),
+            help=f"default {getattr(defaults, field)}",
+        )
+    connect.add_argument("--name", help="connection id in every event")
+    _logging_options(connect)
+    connect.set_defaults(run=_run_connect)
+
+    report = commands.add_parser("report", help="figures from event logs (json or ecs)")
+    report.add_argument("files", nargs="+", metavar="FILE", help="event log files; - for stdin")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument(
+        "--plot", type=Path, metavar="PNG", help="draw each connection's state timeline"
+    )
+    report.add_argument(
+        "--flap-threshold",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a connected stay shorter than this that ends in reconnecting is a flap "
+        "(default 30, the default stable_after)",
+    )
+    report.set_defaults(run=_run_report)
+    return parser
+
+
+def _logging_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="event format on stderr (default: console on a terminal, json otherwise)",
+    )
+    parser.add_argument("--log-level", choices=tuple(LEVELS), default="info")
+
+
+def _configure_events(args: argparse.Namespace, stream: TextIO) -> None:
+    log_format: LogFormat = args.log_format or ("console" if stream.isatty() else "json")
+    configure_logging(log_format, level=args.log_level, stream=stream)
+
+
+# -- demo --------------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo  # imports the fault server: only for this command
+
+    _configure_events(args, sys.stderr)
+    trio.run(run_demo, sys.stdout)
+    return 0
+
+
+# -- connect -----------------------------------------------------------------------
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``'Name: value'`` -> ``("Name", "value")``.
+
+    :raises ValueError: no colon or an empty name (the value is not shown).
+    """
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise ValueError(f"-H must be 'Name: value', got a header named {name.strip()!r}")
+    return name.strip(), value.strip()
+
+
+def reply_matcher(pattern_json: str) -> Callable[[Message], bool]:
+    """A predicate: the message is a JSON object containing every item of ``pattern``.
+
+    :raises ValueError: ``pattern_json`` is not a JSON object.
+    """
+    try:
+        pattern = json.loads(pattern_json)
+    except ValueError:
+        raise ValueError(f"--heartbeat-reply must be JSON, got {pattern_json!r}") from None
+    if not isinstance(pattern, dict):
+        raise ValueError(f"--heartbeat-reply must be a JSON object, got {pattern_json!r}")
+
+    def matches(message: Message) -> bool:
+        try:
+            obj = json.loads(message)
+        except ValueError:
+            return False
+        return isinstance(obj, dict) and all(obj.get(k) == v for k, v in pattern.items())
+
+    return matches
+
+
+def _heartbeat(args: argparse.Namespace) -> Heartbeat | None:
+    if args.heartbeat == "none":
+        return None
+    if args.heartbeat == "ping":
+        return PingHeartbeat()
+    try:
+        beat = json.dumps(json.loads(args.heartbeat_message), separators=(",", ":"))
+    except ValueError:
+        raise ValueError(
+            f"--heartbeat-message must be JSON, got {args.heartbeat_message!r}"
+        ) from None
+    return MessageHeartbeat(lambda: beat, reply_matcher(args.heartbeat_reply))
+
+
+def format_message(message: Message) -> str:
+    """One line of stdout: text with newlines escaped, bytes as ``base64:...``."""
+    if isinstance(message, bytes):
+        return "base64:" + base64.b64encode(message).decode("ascii")
+    return message.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _run_connect(args: argparse.Namespace) -> int:
+    parse_url(args.url, redact_url(args.url))  # a bad URL: a clear error before starting
+    headers = [parse_header(text) for text in args.header]
+    config = ConnectionConfig(
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        max_heartbeat_failures=args.max_heartbeat_failures,
+        max_connection_failures=args.max_connection_failures,
+        connect_timeout=args.connect_timeout,
+    )
+    heartbeat = _heartbeat(args)
+    _configure_events(args, sys.stderr)
+    trio.run(_connect, args.url, config, heartbeat, headers, list(args.send), args.name)
+    return 0
+
+
+async def _connect(
+    url: str,
+    config: ConnectionConfig,
+    heartbeat: Heartbeat | None,
+    headers: list[tuple[str, str]],
+    to_send: list[str],
+    name: str | None,
+) -> None:
+    async def on_connect(session: Session) -> None:
+        for message in to_send:
+            await session.send(message)
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()  # leaving the block closes: CLOSED
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            async with open_connection(
+                url,
+                config=config,
+                heartbeat=heartbeat,
+                headers=headers,
+                on_connect=on_connect if to_send else None,
+                name=name,
+            ) as conn:
+                async for message in conn:
+                    print(format_message(message), flush=True)
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def _lines(paths: Sequence[str]) -> Iterator[str]:
+    for path in paths:
+        if path == "-":
+            yield from sys.stdin
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                yield from file
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    if not args.flap_threshold >= 0:
+        raise ValueError(f"--flap-threshold must be >= 0, got {args.flap_threshold}")
+    report = build_report(_lines(args.files), flap_threshold=args.flap_threshold)
+    if args.json:
+        output: Any = report.as_dict()
+        print(json.dumps(output, indent=2))
+    else:
+        sys.stdout.write(render_text(report))
+    if report.malformed:
+        print(f"trio-conn: {report.malformed} malformed lines skipped", file=sys.stderr)
+    if args.plot is not None:
+        from ._plot import PlotUnavailable, plot_timeline
+
+        try:
+            plot_timeline(report, args.plot)
+        except PlotUnavailable as exc:
+            print(f"trio-conn: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m trio_conn.cli
+    sys.exit(main())
