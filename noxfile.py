@@ -24,7 +24,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
-    session.install("-e", ".[test,typecheck]")
+    session.install("-e", ".[test,typecheck,plot]")
     session.run("mypy", "--strict", "trio_conn", "tests")
 
 
