@@ -29,6 +29,7 @@ from ._config import ConnectionConfig
 from ._events import ConnectionEvents, redact_url
 from ._exceptions import NotConnected, SendInterrupted, leaves
 from ._heartbeat import Heartbeat, HeartbeatMonitor, PingHeartbeat
+from ._mailbox import Mailbox
 from ._policy import ErrorKind
 from ._state import ConnectionState, StateMachine, Transition
 from ._transport import (
@@ -165,6 +166,7 @@ class ManagedConnection:
         self._run_requested = True  # open_connection starts connecting at once
         self._reset_reason: str | None = None
         self._interruptible: trio.CancelScope | None = None
+        self._delivery_wait: trio.CancelScope | None = None
         self._supervisor_scope = trio.CancelScope()
         self._socket: Socket | None = None
 
@@ -180,7 +182,7 @@ class ManagedConnection:
         self._monitor: HeartbeatMonitor | None = None
         self._rtt: float | None = None
 
-        self._buffer_in, self._buffer_out = trio.open_memory_channel[Message](config.receive_buffer)
+        self._mailbox: Mailbox[Message] = Mailbox(config.receive_buffer)
 
     # -- public API ------------------------------------------------------------
 
@@ -249,7 +251,7 @@ class ManagedConnection:
         :raises trio.EndOfChannel: the connection is CLOSED and every buffered
             message has been delivered.
         """
-        return await self._buffer_out.receive()
+        return await self._mailbox.get()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -346,6 +348,8 @@ class ManagedConnection:
         self._run_requested = False
         if self._interruptible is not None:
             self._interruptible.cancel()
+        if self._delivery_wait is not None:
+            self._delivery_wait.cancel()
         self._poke()
 
     async def _close(self, reason: str) -> None:
@@ -388,7 +392,7 @@ class ManagedConnection:
         entered.set()
         if to_state is S.CLOSED:
             self._entered[S.CLOSED] = entered  # stays set: CLOSED is terminal
-            self._buffer_in.close()
+            self._mailbox.close()
         self._poke()
         if self._on_transition is not None:
             try:
@@ -558,7 +562,11 @@ class ManagedConnection:
         Returns the failure that ended it with the reason to log, or None when
         a stop request ended it.
         """
-        socket = Socket(self._target, max_message_size=self.config.max_message_size)
+        socket = Socket(
+            self._target,
+            max_message_size=self.config.max_message_size,
+            queue_size=self.config.receive_buffer,
+        )
         phase = "during the handshake"
         try:
             async with trio.open_nursery() as nursery:
@@ -608,11 +616,12 @@ class ManagedConnection:
         return headers
 
     async def _connected(self, socket: Socket) -> None:
-        """Hold a CONNECTED session until one of its tasks fails or a stop is requested.
+        """Hold a CONNECTED session until it fails or a stop is requested.
 
-        The session's own tasks run in a nursery inside the one that holds
-        trio-websocket's reader, so that on a stop they can be ended first and
-        the close handshake still has a live reader to read the peer's answer.
+        Messages are delivered by trio-websocket's reader task itself
+        (:meth:`_deliver`). The session's own tasks run in a nursery inside the
+        one that holds that reader, so that on a stop they can be ended first
+        and the close handshake still has a live reader to read the answer.
         """
         config = self.config
         if config.stable_after == 0:
@@ -620,20 +629,19 @@ class ManagedConnection:
         self._socket = socket
         self._transition(S.CONNECTED, "handshake complete")
         async with trio.open_nursery() as tasks:
-            monitor = None
             if self._heartbeat is not None:
-                monitor = HeartbeatMonitor(
+                self._monitor = HeartbeatMonitor(
                     self._heartbeat,
                     interval=config.heartbeat_interval,
                     timeout=config.heartbeat_timeout,
                     max_misses=config.max_heartbeat_failures,
                     on_miss=self._heartbeat_missed,
                 )
-                self._monitor = monitor
-                tasks.start_soon(monitor.run, socket, tasks)
-            tasks.start_soon(self._receive_loop, socket, monitor)
+                tasks.start_soon(self._monitor.run, socket, tasks)
+            tasks.start_soon(socket.wait_closed)  # raises ConnectionClosed: the session ends
             if config.stable_after > 0:
                 tasks.start_soon(self._mark_stable_after, config.stable_after)
+            await socket.deliver_to(self._deliver)
             while self._stop is None and not socket.broken:
                 await self._changed.wait()
             tasks.cancel_scope.cancel()
@@ -654,27 +662,43 @@ class ManagedConnection:
         await trio.sleep(seconds)
         self._failures = 0
 
-    async def _receive_loop(self, socket: Socket, monitor: HeartbeatMonitor | None) -> NoReturn:
-        heartbeat = self._heartbeat
-        buffer = self._buffer_in
-        while True:
-            message = await socket.receive()
+    async def _deliver(self, message: Message) -> None:
+        """Put one message in the receive buffer; runs in trio-websocket's reader task.
+
+        Heartbeat replies are consumed here. When the buffer is full the
+        reader waits (backpressure, no loss) and the heartbeat counts no
+        misses meanwhile; a stop request ends the wait, so that the reader can
+        read the close handshake (the message is then dropped, as the session
+        ends).
+        """
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.message_arrived()
+            heartbeat = self._heartbeat
+            if (
+                heartbeat is not None
+                and heartbeat.replies_are_messages
+                and self._is_heartbeat_reply(heartbeat, message)
+            ):
+                monitor.reply_arrived()
+                return
+        try:
+            self._mailbox.put_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
+        if monitor is not None:
+            monitor.reader_blocked(True)
+        try:
+            with trio.CancelScope() as scope:
+                self._delivery_wait = scope
+                if self._stop is not None:
+                    scope.cancel()
+                await self._mailbox.put(message)
+        finally:
+            self._delivery_wait = None
             if monitor is not None:
-                assert heartbeat is not None
-                monitor.message_arrived()
-                if self._is_heartbeat_reply(heartbeat, message):
-                    monitor.reply_arrived()
-                    continue
-            try:
-                buffer.send_nowait(message)
-            except trio.WouldBlock:
-                if monitor is not None:
-                    monitor.reader_blocked(True)
-                try:
-                    await buffer.send(message)
-                finally:
-                    if monitor is not None:
-                        monitor.reader_blocked(False)
+                monitor.reader_blocked(False)
 
     def _is_heartbeat_reply(self, heartbeat: Heartbeat, message: Message) -> bool:
         try:

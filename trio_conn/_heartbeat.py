@@ -24,6 +24,9 @@ from ._transport import Message, Socket
 class Heartbeat(abc.ABC):
     """How to send a beat and recognise its reply."""
 
+    #: Whether replies arrive as messages (checked with :meth:`is_response`).
+    replies_are_messages = False
+
     @abc.abstractmethod
     async def beat(self, socket: Socket, deadline: float) -> bool:
         """Send one beat; return True if its reply arrived (by ``deadline`` at the latest).
@@ -66,6 +69,8 @@ class MessageHeartbeat(Heartbeat):
             raise TypeError(f"is_response must be callable, got {is_response!r}")
         self._make_message = make_message
         self._is_response = is_response
+
+    replies_are_messages = True
 
     async def beat(self, socket: Socket, deadline: float) -> bool:
         message = self._make_message()

@@ -13,9 +13,11 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import trio
+import wsproto
 import wsproto.events
 from trio_websocket import (
     ConnectionClosed,
@@ -23,7 +25,6 @@ from trio_websocket import (
     ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from ._exceptions import HeartbeatTimeout, leaves
@@ -32,6 +33,8 @@ from ._policy import ErrorKind
 #: ``async (host, port) -> trio.abc.Stream``: how a Socket gets its byte stream.
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 Message = str | bytes
+#: ``async (message) -> None``: where a Socket delivers messages once told to.
+MessageSink = Callable[[Message], Awaitable[None]]
 
 _REJECTED_STATUSES = frozenset({401, 403})
 _THROTTLED_STATUSES = frozenset({429, 503})
@@ -121,19 +124,56 @@ async def open_tcp(host: str, port: int) -> trio.abc.Stream:
     return await trio.open_tcp_stream(host, port)
 
 
+class _Inbox:
+    """Stands in for trio-websocket's internal send channel: its reader puts each
+    message here.
+
+    Until :meth:`Socket.deliver_to`, messages go to trio-websocket's own queue
+    (read by :meth:`Socket.receive`, for ``on_connect``); after it, straight to
+    the sink, from the reader task itself: no task and no queue in between.
+    """
+
+    def __init__(self, queue: trio.MemorySendChannel[Message]) -> None:
+        self._queue = queue
+        self.sink: MessageSink | None = None
+        self.closed = trio.Event()
+
+    async def send(self, message: Message) -> None:
+        sink = self.sink
+        if sink is None:
+            await self._queue.send(message)
+        else:
+            await sink(message)
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        await self._queue.aclose()
+
+    async def __aenter__(self) -> _Inbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 class Socket:
     """One WebSocket connection over one byte stream, owned by one session.
 
     The stream is opened by the manager's opener (TCP by default) and wrapped
     with trio-websocket, so the manager can always close the stream itself:
-    trio-websocket's own close can return early and leave it open.
+    trio-websocket's own close can return early and leave it open. The
+    connection object is built here as ``wrap_client_stream`` builds it, with
+    the reader's message channel replaced by an :class:`_Inbox` (trio-websocket
+    0.12's ``_send_channel``, pinned below 0.13).
     """
 
-    def __init__(self, target: Target, *, max_message_size: int) -> None:
+    def __init__(self, target: Target, *, max_message_size: int, queue_size: int) -> None:
         self._target = target
         self._max_message_size = max_message_size
+        self._queue_size = queue_size
         self._stream: trio.abc.Stream | None = None
         self._ws: WebSocketConnection | None = None
+        self._inbox: _Inbox | None = None
         self._ping_counter = 0
         #: Set when a send was cut short: the stream may hold half a frame.
         self.broken = False
@@ -163,15 +203,47 @@ class Socket:
             self._stream = tls
             await tls.do_handshake()
             stream = tls
-        self._ws = await wrap_client_stream(
-            nursery,
-            stream,  # type: ignore[arg-type]  # any trio Stream works
-            target.host_header,
-            target.resource,
-            extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            message_queue_size=1,
+        ws = WebSocketConnection(
+            stream,
+            wsproto.WSConnection(wsproto.ConnectionType.CLIENT),
+            host=target.host_header,
+            path=target.resource,
+            client_extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            message_queue_size=self._queue_size,
             max_message_size=self._max_message_size,
         )
+        inbox = _Inbox(ws._send_channel)
+        ws._send_channel = inbox  # type: ignore[assignment]
+        self._ws, self._inbox = ws, inbox
+        nursery.start_soon(ws._reader_task)
+        await ws._open_handshake.wait()
+
+    async def deliver_to(self, sink: MessageSink) -> None:
+        """Deliver every later message to ``sink``, from trio-websocket's reader task.
+
+        Messages already queued (received during ``on_connect`` and not read
+        there) go first, in order. A sink that waits holds the reader: nothing
+        more is read from the socket meanwhile (backpressure).
+        """
+        ws, inbox = self._open_ws, self._inbox
+        assert inbox is not None
+        while True:  # no await between the last empty check and the switch
+            try:
+                message = ws._recv_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            await sink(message)
+        inbox.sink = sink
+
+    async def wait_closed(self) -> NoReturn:
+        """Wait until the connection has closed, then raise why.
+
+        :raises ConnectionClosed: always, with the close code (1006 when the
+            stream just ended).
+        """
+        assert self._inbox is not None
+        await self._inbox.closed.wait()
+        raise ConnectionClosed(self._open_ws.closed)
 
     @property
     def _open_ws(self) -> WebSocketConnection:
@@ -184,7 +256,10 @@ class Socket:
         await self._open_ws.send_message(message)
 
     async def receive(self) -> Message:
-        """The next message. :raises ConnectionClosed: closed and drained."""
+        """The next message, until :meth:`deliver_to` (``on_connect``'s receive).
+
+        :raises ConnectionClosed: closed and drained.
+        """
         return await self._open_ws.get_message()
 
     async def ping(self, deadline: float) -> bool:

@@ -1,0 +1,100 @@
+"""Mailbox: the receive buffer between trio-websocket's reader and ``receive()``.
+
+A bounded deque with two parking lots, instead of a memory channel, for the
+hot path: a ``get`` that finds a message ready takes it without a schedule
+point (checking cancellation first, and yielding every ``YIELD_EVERY`` gets so
+no other task starves), and a producer blocked on a full mailbox is woken only
+once it has drained to half, not once per message. On the 2-core development
+machine that is the difference between about 0.7x and 1.0x of raw
+trio-websocket's receive throughput (bench/throughput.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+#: A get that finds an item ready yields to the scheduler once per this many.
+YIELD_EVERY = 32
+
+
+class Mailbox(Generic[T]):
+    """A bounded FIFO for one producer and any consumers, closable once.
+
+    :param capacity: most items held; ``put`` waits while it is reached.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity!r}")
+        self._items: deque[T] = deque()
+        self._capacity = capacity
+        self._low_water = capacity // 2
+        self._closed = False
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+        self._gets_since_yield = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_nowait(self, item: T) -> None:
+        """Add ``item``.
+
+        :raises trio.WouldBlock: the mailbox is full.
+        :raises trio.ClosedResourceError: the mailbox is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("mailbox is closed")
+        if len(self._items) >= self._capacity:
+            raise trio.WouldBlock
+        self._items.append(item)
+        if self._readable:
+            self._readable.unpark()
+
+    async def put(self, item: T) -> None:
+        """Add ``item``, waiting while the mailbox is full.
+
+        :raises trio.ClosedResourceError: the mailbox is closed.
+        """
+        while True:
+            try:
+                self.put_nowait(item)
+            except trio.WouldBlock:
+                await self._writable.park()
+            else:
+                await trio.lowlevel.checkpoint()
+                return
+
+    async def get(self) -> T:
+        """Take the oldest item, waiting for one.
+
+        :raises trio.EndOfChannel: closed, and every item has been taken.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._items:
+            if self._closed:
+                raise trio.EndOfChannel
+            await self._readable.park()
+        item = self._items.popleft()
+        if self._writable and len(self._items) <= self._low_water:
+            self._writable.unpark_all()
+        self._gets_since_yield += 1
+        if self._gets_since_yield >= YIELD_EVERY:
+            self._gets_since_yield = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    def close(self) -> None:
+        """No more puts; gets drain what is left, then raise EndOfChannel."""
+        self._closed = True
+        self._readable.unpark_all()
+        self._writable.unpark_all()
