@@ -49,6 +49,7 @@ S = ConnectionState
 Headers: TypeAlias = list[tuple[str, str]]
 HeadersSource: TypeAlias = Headers | Callable[[], Awaitable[Headers]] | None
 _names = itertools.count(1)
+_DEFAULT_CONFIG = ConnectionConfig()  # frozen: one shared by every connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,46 @@ class _Stopped(Exception):
 class ManagedConnection:
     """A WebSocket connection kept alive by a supervisor. Made by :func:`open_connection`."""
 
+    # Slots: thousands of idle connections per process; a dict per instance
+    # was the largest single allocation of each (bench/idle_scale.py).
+    __slots__ = (
+        "_attempts",
+        "_changed",
+        "_connected_since",
+        "_delivery_wait",
+        "_entered",
+        "_events",
+        "_failures",
+        "_headers",
+        "_heartbeat",
+        "_interruptible",
+        "_last_close_code",
+        "_last_error",
+        "_last_failure",
+        "_last_recovery_at",
+        "_machine",
+        "_mailbox",
+        "_monitor",
+        "_next_retry_at",
+        "_nursery",
+        "_on_connect",
+        "_on_failed",
+        "_on_transition",
+        "_open_stream",
+        "_reset_reason",
+        "_rtt",
+        "_run_requested",
+        "_seq",
+        "_socket",
+        "_ssl_context",
+        "_stop",
+        "_supervisor_scope",
+        "_target",
+        "_total_failures",
+        "config",
+        "name",
+    )
+
     def __init__(
         self,
         url: str,
@@ -159,15 +200,17 @@ class ManagedConnection:
         self._events = ConnectionEvents(self.name, url)
         self._machine = StateMachine(trio.current_time)
         self._changed = trio.Event()  # set and replaced at every transition and request
-        self._entered = {state: trio.Event() for state in S}
+        # Set when the state is next entered; made only for states waited for.
+        self._entered: dict[ConnectionState, trio.Event] = {}
         self._seq = 0
 
         self._stop: _Stop | None = None
         self._run_requested = True  # open_connection starts connecting at once
         self._reset_reason: str | None = None
         self._interruptible: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None  # open_connection's, for watchers
         self._delivery_wait: trio.CancelScope | None = None
-        self._supervisor_scope = trio.CancelScope()
+        self._supervisor_scope = trio.CancelScope(shield=True)
         self._socket: Socket | None = None
 
         self._attempts = 0
@@ -206,17 +249,21 @@ class ManagedConnection:
             not CLOSED).
         """
         state = ConnectionState(state)
-        target = self._entered[state]
-        closed = self._entered[S.CLOSED]
         if self.state is state:
             await trio.lowlevel.checkpoint()
             return
-        while True:
-            if target.is_set():
-                return
-            if closed.is_set() or self.state is S.CLOSED:
+        target = self._entry(state)
+        while not target.is_set():
+            if self.state is S.CLOSED:  # terminal: state can no longer be entered
                 raise trio.ClosedResourceError(f"connection {self.name} closed before {state}")
             await self._changed.wait()
+
+    def _entry(self, state: ConnectionState) -> trio.Event:
+        """The event set when ``state`` is next entered."""
+        event = self._entered.get(state)
+        if event is None:
+            event = self._entered[state] = trio.Event()
+        return event
 
     async def send(self, message: Message) -> None:
         """Send a message.
@@ -283,7 +330,7 @@ class ManagedConnection:
         if self.state is S.CLOSED:
             await trio.lowlevel.checkpoint()
             return
-        entered = self._entered[S.DISCONNECTED]
+        entered = self._entry(S.DISCONNECTED)
         self._request_stop(S.DISCONNECTED, reason)
         # Entered, not "is": on_transition may call connect() at once.
         while not (entered.is_set() or self._stopped_in(S.DISCONNECTED)):
@@ -314,7 +361,7 @@ class ManagedConnection:
             state_since=machine.entered_at,
             time_in_state=machine.time_in_state(),
             attempts=self._attempts,
-            consecutive_failures=self._failures,
+            consecutive_failures=self._consecutive_failures(),
             total_failures=self._total_failures,
             transitions=MappingProxyType(machine.transition_counts()),
             time_by_state=MappingProxyType(machine.time_by_state()),
@@ -334,6 +381,14 @@ class ManagedConnection:
     def _poke(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def _consecutive_failures(self) -> int:
+        """The failure count, read as of now: a connection CONNECTED for
+        stable_after seconds has reset it (computed, so no timer task is needed)."""
+        stable_after = self.config.stable_after
+        if self.state is S.CONNECTED and self._machine.time_in_state() >= stable_after:
+            return 0
+        return self._failures
 
     def _stopped_in(self, state: ConnectionState) -> bool:
         """No stop pending and the supervisor rests in ``state`` (or CLOSED)."""
@@ -368,10 +423,15 @@ class ManagedConnection:
         failure: FailureDetails | None = None,
         retry_in_s: float | None = None,
     ) -> Transition | None:
+        if self.state is S.CONNECTED and to_state is not S.RECONNECTING:
+            self._failures = self._consecutive_failures()  # a stable stay reset it
         record = self._machine.transition(to_state, reason)
         if record is None:
             return None
         self._seq += 1
+        limit = self.config.stuck_after.get(to_state)
+        if limit is not None and self._nursery is not None:
+            self._nursery.start_soon(self._watch_stay, self._seq, to_state, limit)
         if to_state is S.CONNECTING:
             self._attempts += 1
         self._connected_since = record.at if to_state is S.CONNECTED else None
@@ -387,11 +447,10 @@ class ManagedConnection:
             status_code=failure.status_code if failure is not None else None,
             retry_in_s=retry_in_s,
         )
-        entered = self._entered[to_state]
-        self._entered[to_state] = trio.Event()
-        entered.set()
+        entered = self._entered.pop(to_state, None)
+        if entered is not None:
+            entered.set()
         if to_state is S.CLOSED:
-            self._entered[S.CLOSED] = entered  # stays set: CLOSED is terminal
             self._mailbox.close()
         self._poke()
         if self._on_transition is not None:
@@ -403,32 +462,29 @@ class ManagedConnection:
 
     # -- the supervisor ----------------------------------------------------------
 
-    async def _supervise(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        # Shielded: a cancellation from outside open_connection's block must not
-        # cut the graceful close short; open_connection cancels this scope itself
-        # once the close has had its bounded time.
-        with trio.CancelScope(shield=True) as self._supervisor_scope:
-            task_status.started()
-            await self._supervise_forever()
+    async def _supervise(self) -> None:
+        """The only task that changes state. Runs until CLOSED.
 
-    async def _supervise_forever(self) -> None:
+        Shielded: a cancellation from outside open_connection's block must not
+        cut the graceful close short; open_connection cancels this scope itself
+        once the close has had its bounded time.
+        """
         try:
-            while True:
-                while not self._run_requested and self._stop is None:
-                    await self._changed.wait()
-                if self._run_requested:
-                    self._run_requested = False
-                    self._failures = 0  # a fresh start, after disconnect() or at open
-                    await self._run()
-                stop = self._stop
-                if stop is not None:
-                    self._stop = None
-                    self._transition(stop.target, stop.reason)
-                    self._poke()  # also when already there: disconnect() waits for this
-                    if stop.target is S.CLOSED:
-                        return
+            with self._supervisor_scope:
+                while True:
+                    while not self._run_requested and self._stop is None:
+                        await self._changed.wait()
+                    if self._run_requested:
+                        self._run_requested = False
+                        self._failures = 0  # a fresh start, after disconnect() or at open
+                        await self._run()
+                    stop = self._stop
+                    if stop is not None:
+                        self._stop = None
+                        self._transition(stop.target, stop.reason)
+                        self._poke()  # also when already there: disconnect() waits for it
+                        if stop.target is S.CLOSED:
+                            return
         finally:
             # Cancelled (the close took longer than its bound) or crashed: the
             # connection still ends CLOSED, and receive() still ends.
@@ -454,7 +510,7 @@ class ManagedConnection:
 
         :raises _Stopped: a stop request arrived meanwhile.
         """
-        self._failures += 1
+        self._failures = self._consecutive_failures() + 1
         self._total_failures += 1
         self._last_failure = failure
         self._last_error = f"{failure.kind}: {type(failure.error).__name__}"
@@ -566,6 +622,7 @@ class ManagedConnection:
             self._target,
             max_message_size=self.config.max_message_size,
             queue_size=self.config.receive_buffer,
+            on_closed=self._poke,
         )
         phase = "during the handshake"
         try:
@@ -586,11 +643,13 @@ class ManagedConnection:
                             phase = "in on_connect"
                             await self._on_connect(Session(socket))
                 self._interruptible = None
-                if attempt_scope.cancelled_caught:
+                stopped = attempt_scope.cancelled_caught
+                del attempt_scope, headers  # not kept alive for the connection's life
+                if stopped:
                     nursery.cancel_scope.cancel()
                     return None
                 phase = "while connected"
-                await self._connected(socket)
+                await self._connected(socket, nursery)
                 nursery.cancel_scope.cancel()
             return None
         except Exception as exc:
@@ -615,40 +674,60 @@ class ManagedConnection:
         self._events.add_secrets(value for _, value in headers)
         return headers
 
-    async def _connected(self, socket: Socket) -> None:
+    async def _connected(self, socket: Socket, nursery: trio.Nursery) -> None:
         """Hold a CONNECTED session until it fails or a stop is requested.
 
         Messages are delivered by trio-websocket's reader task itself
-        (:meth:`_deliver`). The session's own tasks run in a nursery inside the
-        one that holds that reader, so that on a stop they can be ended first
-        and the close handshake still has a live reader to read the answer.
+        (:meth:`_deliver`), which lives in the session's ``nursery`` with the
+        heartbeat. On a stop the heartbeat is cancelled first, so that the close
+        handshake has a live reader to read the peer's answer.
         """
         config = self.config
         if config.stable_after == 0:
             self._failures = 0
         self._socket = socket
         self._transition(S.CONNECTED, "handshake complete")
-        async with trio.open_nursery() as tasks:
-            if self._heartbeat is not None:
-                self._monitor = HeartbeatMonitor(
-                    self._heartbeat,
-                    interval=config.heartbeat_interval,
-                    timeout=config.heartbeat_timeout,
-                    max_misses=config.max_heartbeat_failures,
-                    on_miss=self._heartbeat_missed,
-                )
-                tasks.start_soon(self._monitor.run, socket, tasks)
-            tasks.start_soon(socket.wait_closed)  # raises ConnectionClosed: the session ends
-            if config.stable_after > 0:
-                tasks.start_soon(self._mark_stable_after, config.stable_after)
-            await socket.deliver_to(self._deliver)
-            while self._stop is None and not socket.broken:
-                await self._changed.wait()
-            tasks.cancel_scope.cancel()
+        heartbeat_scope = None
+        if self._heartbeat is not None:
+            self._monitor = HeartbeatMonitor(
+                self._heartbeat,
+                interval=config.heartbeat_interval,
+                timeout=config.heartbeat_timeout,
+                max_misses=config.max_heartbeat_failures,
+                on_miss=self._heartbeat_missed,
+            )
+            heartbeat_scope = await nursery.start(
+                self._run_heartbeat, self._monitor, socket, nursery
+            )
+        await socket.deliver_to(self._deliver)
+        while self._stop is None and not socket.broken and not socket.closed:
+            await self._changed.wait()
+        if heartbeat_scope is not None:
+            heartbeat_scope.cancel()
         if socket.broken:
             raise SendInterrupted("a send was cancelled mid-message; the socket was dropped")
+        if self._stop is None:
+            socket.raise_closed()
         with trio.move_on_after(config.close_timeout, shield=True):
             await socket.close_gracefully()
+
+    @staticmethod
+    async def _run_heartbeat(
+        monitor: HeartbeatMonitor,
+        socket: Socket,
+        nursery: trio.Nursery,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The session's heartbeat, under a scope the session can cancel on a stop.
+
+        Beats are sent from tasks in the session's ``nursery``: one still
+        writing when the close starts finishes its frame first (trio-websocket
+        serialises writes), and the session's end cancels them.
+        """
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            del task_status  # it holds start()'s scaffolding: not for the session's life
+            await monitor.run(socket, nursery)
 
     def _heartbeat_missed(self, misses: int) -> None:
         config = self.config
@@ -657,10 +736,6 @@ class ManagedConnection:
             max_misses=config.max_heartbeat_failures,
             timeout=config.heartbeat_timeout,
         )
-
-    async def _mark_stable_after(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-        self._failures = 0
 
     async def _deliver(self, message: Message) -> None:
         """Put one message in the receive buffer; runs in trio-websocket's reader task.
@@ -707,23 +782,14 @@ class ManagedConnection:
             self._events.hook_failed(hook="heartbeat.is_response", error=exc)
             return False
 
-    async def _watch_stuck(self) -> None:
-        """Emit connection.state_stuck once per stay longer than stuck_after[state]."""
-        reported = -1
-        while True:
-            seq, state, changed = self._seq, self.state, self._changed
-            limit = self.config.stuck_after.get(state)
-            if limit is None or reported == seq:
-                await changed.wait()
-                continue
-            with trio.move_on_at(self._machine.entered_at + limit):
-                await changed.wait()
-                continue
-            if self._seq == seq:
-                reported = seq
-                self._events.state_stuck(
-                    state=state, seconds=self._machine.time_in_state(), limit=limit
-                )
+    async def _watch_stay(self, seq: int, state: ConnectionState, limit: float) -> None:
+        """Emit connection.state_stuck if the stay that transition ``seq`` began
+        lasts longer than ``limit``; started for each entry into a watched state."""
+        with trio.move_on_at(self._machine.entered_at + limit):
+            while self._seq == seq:
+                await self._changed.wait()
+            return
+        self._events.state_stuck(state=state, seconds=self._machine.time_in_state(), limit=limit)
 
 
 @asynccontextmanager
@@ -754,7 +820,7 @@ async def open_connection(
     """
     conn = ManagedConnection(
         url,
-        config=config if config is not None else ConnectionConfig(),
+        config=config if config is not None else _DEFAULT_CONFIG,
         heartbeat=heartbeat,
         headers=headers,
         on_connect=on_connect,
@@ -767,8 +833,8 @@ async def open_connection(
     user_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(conn._supervise)
-            nursery.start_soon(conn._watch_stuck)
+            conn._nursery = nursery
+            nursery.start_soon(conn._supervise)
             try:
                 yield conn
             except BaseException as exc:

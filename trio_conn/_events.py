@@ -59,9 +59,13 @@ _S = ConnectionState
 _LEVEL_BY_TARGET = {_S.FAILED: "error", _S.RECONNECTING: "warning"}
 _OUTCOME_BY_TARGET = {_S.CONNECTED: "success", _S.RECONNECTING: "failure", _S.FAILED: "failure"}
 _PART_SEPARATORS = re.compile(r"[;,\s]+")
-# The string fields an event can carry besides conn_id and url (scrubbed once, in
-# add_secrets) and the states and error kind (library enums): scrubbed per event.
-_TEXT_FIELDS = ("reason", "error_type", "error_message", "outcome", "detail", "hook")
+# The fields that can carry text from outside (a reason given to disconnect(),
+# an exception's message, a hook's detail): scrubbed per event. conn_id and url
+# are scrubbed once, in add_secrets; error_type (a class name), outcome and hook
+# (the library's own words) and the states and kinds (enums) carry no secret.
+_TEXT_FIELDS = ("reason", "error_message", "detail")
+#: How many scrubbed texts are remembered: reasons and messages repeat.
+_SCRUB_CACHE_SIZE = 256
 
 
 def redact_url(url: str) -> str:
@@ -185,10 +189,12 @@ class ConnectionEvents:
     def __init__(self, conn_id: str, url: str, *, logger: Any | None = None) -> None:
         self._raw_conn_id = conn_id
         self._raw_url = url
-        self._logger: Any = structlog.get_logger("trio_conn") if logger is None else logger
+        self._logger: Any = logger  # None: structlog.get_logger("trio_conn"), per use
+        self._resolved: Any = None  # the proxy's logger, kept when structlog caches
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._probes: tuple[str, ...] = ()
+        self._scrubbed: dict[str, str] = {}
         self._conn_id = conn_id
         self._url = redact_url(url)
         self.add_secrets(url_secrets(url))
@@ -237,23 +243,41 @@ class ConnectionEvents:
             for secret in ordered
             if not any(other != secret and other in secret for other in self._secrets)
         )
+        self._scrubbed = {}  # texts scrubbed with the previous secrets
         # The fixed fields are scrubbed once here, not on every event.
         self._conn_id = pattern.sub(REDACTED, self._raw_conn_id)
         self._url = pattern.sub(REDACTED, redact_url(self._raw_url))
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        pattern = self._pattern
-        if pattern is not None:
-            # Plain substring tests first (several times faster than a regex
-            # search in the usual case: no secret in the text); substitute on a hit.
+        if self._pattern is not None:
+            scrubbed = self._scrubbed
             for key in _TEXT_FIELDS:
                 value = fields.get(key)
                 if value is not None:
-                    for secret in self._probes:
-                        if secret in value:
-                            fields[key] = pattern.sub(REDACTED, value)
-                            break
-        getattr(self._logger, level)(event, **fields)
+                    clean = scrubbed.get(value)
+                    if clean is None:
+                        clean = self._scrub(value)
+                        if len(scrubbed) < _SCRUB_CACHE_SIZE:
+                            scrubbed[value] = clean
+                    fields[key] = clean
+        logger = self._resolved
+        if logger is None:
+            logger = self._logger if self._logger is not None else structlog.get_logger("trio_conn")
+            # Resolve the lazy proxy once, as structlog would, when the
+            # application asked structlog to cache loggers (configure_logging
+            # does); otherwise resolve per event, so later configuration applies.
+            if structlog.is_configured() and structlog.get_config()["cache_logger_on_first_use"]:
+                logger = self._resolved = logger.bind()
+        getattr(logger, level)(event, **fields)
+
+    def _scrub(self, text: str) -> str:
+        assert self._pattern is not None
+        # Plain substring tests first (several times faster than a regex search
+        # in the usual case: no secret in the text); substitute on a hit.
+        for secret in self._probes:
+            if secret in text:
+                return self._pattern.sub(REDACTED, text)
+        return text
 
     def _add_error(self, fields: dict[str, Any], error: BaseException | None) -> None:
         if error is not None:

@@ -31,16 +31,18 @@ class Mailbox(Generic[T]):
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity!r}")
-        self._items: deque[T] = deque()
+        # Each idle connection has one: its deque (a 64-slot block even when
+        # empty) and its parking lots are made on first use.
+        self._items: deque[T] | None = None
         self._capacity = capacity
         self._low_water = capacity // 2
         self._closed = False
-        self._readable = trio.lowlevel.ParkingLot()
-        self._writable = trio.lowlevel.ParkingLot()
+        self._readable: trio.lowlevel.ParkingLot | None = None
+        self._writable: trio.lowlevel.ParkingLot | None = None
         self._gets_since_yield = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     @property
     def closed(self) -> bool:
@@ -54,10 +56,13 @@ class Mailbox(Generic[T]):
         """
         if self._closed:
             raise trio.ClosedResourceError("mailbox is closed")
-        if len(self._items) >= self._capacity:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self._capacity:
             raise trio.WouldBlock
-        self._items.append(item)
-        if self._readable:
+        items.append(item)
+        if self._readable:  # a lot with parked tasks is truthy
             self._readable.unpark()
 
     async def put(self, item: T) -> None:
@@ -69,6 +74,8 @@ class Mailbox(Generic[T]):
             try:
                 self.put_nowait(item)
             except trio.WouldBlock:
+                if self._writable is None:
+                    self._writable = trio.lowlevel.ParkingLot()
                 await self._writable.park()
             else:
                 await trio.lowlevel.checkpoint()
@@ -80,9 +87,11 @@ class Mailbox(Generic[T]):
         :raises trio.EndOfChannel: closed, and every item has been taken.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._items:
+        while not self._items:  # None or empty
             if self._closed:
                 raise trio.EndOfChannel
+            if self._readable is None:
+                self._readable = trio.lowlevel.ParkingLot()
             await self._readable.park()
         item = self._items.popleft()
         if self._writable and len(self._items) <= self._low_water:
@@ -96,5 +105,6 @@ class Mailbox(Generic[T]):
     def close(self) -> None:
         """No more puts; gets drain what is left, then raise EndOfChannel."""
         self._closed = True
-        self._readable.unpark_all()
-        self._writable.unpark_all()
+        for lot in (self._readable, self._writable):
+            if lot is not None:
+                lot.unpark_all()

@@ -133,10 +133,13 @@ class _Inbox:
     the sink, from the reader task itself: no task and no queue in between.
     """
 
-    def __init__(self, queue: trio.MemorySendChannel[Message]) -> None:
+    def __init__(
+        self, queue: trio.MemorySendChannel[Message], on_closed: Callable[[], None]
+    ) -> None:
         self._queue = queue
+        self._on_closed = on_closed
         self.sink: MessageSink | None = None
-        self.closed = trio.Event()
+        self.closed = False
 
     async def send(self, message: Message) -> None:
         sink = self.sink
@@ -146,7 +149,9 @@ class _Inbox:
             await sink(message)
 
     async def aclose(self) -> None:
-        self.closed.set()
+        if not self.closed:
+            self.closed = True
+            self._on_closed()
         await self._queue.aclose()
 
     async def __aenter__(self) -> _Inbox:
@@ -167,8 +172,16 @@ class Socket:
     0.12's ``_send_channel``, pinned below 0.13).
     """
 
-    def __init__(self, target: Target, *, max_message_size: int, queue_size: int) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        max_message_size: int,
+        queue_size: int,
+        on_closed: Callable[[], None],
+    ) -> None:
         self._target = target
+        self._on_closed = on_closed
         self._max_message_size = max_message_size
         self._queue_size = queue_size
         self._stream: trio.abc.Stream | None = None
@@ -212,7 +225,7 @@ class Socket:
             message_queue_size=self._queue_size,
             max_message_size=self._max_message_size,
         )
-        inbox = _Inbox(ws._send_channel)
+        inbox = _Inbox(ws._send_channel, self._on_closed)
         ws._send_channel = inbox  # type: ignore[assignment]
         self._ws, self._inbox = ws, inbox
         nursery.start_soon(ws._reader_task)
@@ -235,14 +248,17 @@ class Socket:
             await sink(message)
         inbox.sink = sink
 
-    async def wait_closed(self) -> NoReturn:
-        """Wait until the connection has closed, then raise why.
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has closed (the ``on_closed`` callback has run)."""
+        return self._inbox is not None and self._inbox.closed
+
+    def raise_closed(self) -> NoReturn:
+        """Raise why the connection closed.
 
         :raises ConnectionClosed: always, with the close code (1006 when the
             stream just ended).
         """
-        assert self._inbox is not None
-        await self._inbox.closed.wait()
         raise ConnectionClosed(self._open_ws.closed)
 
     @property
