@@ -180,6 +180,9 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--stress-window", type=float, default=5.0)
+    parser.add_argument(
+        "--intervals", type=float, nargs="+", default=[15.0, 1.0], help="heartbeat intervals"
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
@@ -190,7 +193,8 @@ def main() -> None:
         return
     results: dict[str, Any] = {"machine": machine(), "runs": args.runs, "figures": []}
     with server_process() as port:
-        for interval, seconds in ((15.0, 15.0), (1.0, args.stress_window)):
+        for interval in args.intervals:
+            seconds = interval if interval >= 15.0 else args.stress_window
             for count in args.counts:
                 row: dict[str, Any] = {"connections": count, "heartbeat_interval": interval}
                 samples: dict[str, list[dict[str, Any]]] = {"raw": [], "managed": []}

@@ -33,6 +33,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from tests.helpers import PassThroughStream, library_tasks
 from trio_conn import (
     TRANSITIONS,
     ConnectionConfig,
@@ -66,28 +67,19 @@ MAX_MESSAGE_SIZE = 64 * 1024
 MAX_RETRY_AFTER = 20
 
 
-class CountedStream(trio.abc.Stream):
+class CountedStream(PassThroughStream):
     """A client stream that tells its opener when it is closed."""
 
     def __init__(self, inner: trio.abc.Stream, opener: CountingOpener) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._opener = opener
         self._closed = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._inner.receive_some(max_bytes)
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
             self._opener.open -= 1
-        await self._inner.aclose()
+        await super().aclose()
 
 
 class CountingOpener:
@@ -155,22 +147,6 @@ def retry_bound(config: ConnectionConfig) -> float:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def library_tasks() -> list[str]:
-    names: list[str] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        if task.name.startswith(("trio_conn._connection", "trio_conn._heartbeat")):
-            names.append(task.name)
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    walk(root)
-    return names
 
 
 PING_OP, PONG_OP = '{"op":"ping"}', '{"op":"pong"}'

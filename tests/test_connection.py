@@ -22,6 +22,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import library_tasks
 from trio_conn import (
     Backoff,
     ConnectionConfig,
@@ -66,23 +67,6 @@ async def managed(
         **kwargs,
     ) as conn:
         yield conn
-
-
-def library_tasks() -> list[str]:
-    """Names of the tasks of trio_conn's manager still alive anywhere in this run."""
-    names: list[str] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        if task.name.startswith(("trio_conn._connection", "trio_conn._heartbeat")):
-            names.append(task.name)
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    walk(root)
-    return names
 
 
 # 1 -------------------------------------------------------------------------

@@ -7,10 +7,12 @@ from typing import Any
 import trio
 import trio.testing
 
+from tests.helpers import PassThroughStream, all_tasks
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
     FailureInfo,
+    PingHeartbeat,
     RetryPolicy,
     Transition,
     open_connection,
@@ -21,27 +23,18 @@ S = ConnectionState
 NO_JITTER = RetryPolicy(jitter=0.0)
 
 
-class HalfWritingStream(trio.abc.Stream):
+class HalfWritingStream(PassThroughStream):
     """A client stream that, once ``stall`` is set, writes half of a send and hangs."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.stall = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.stall and len(data) > 100:
-            await self._inner.send_all(data[: len(data) // 2])
+            await super().send_all(data[: len(data) // 2])
             await trio.sleep_forever()
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+        await super().send_all(data)
 
 
 async def test_send_cancelled_mid_frame_drops_the_socket(
@@ -133,19 +126,7 @@ async def test_reset_cuts_the_recovery_cooldown_short(
 
 
 def heartbeat_tasks() -> int:
-    count = 0
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        nonlocal count
-        count += task.name.endswith("HeartbeatMonitor._send")
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    walk(root)
-    return count
+    return sum(task.name.endswith("HeartbeatMonitor._send") for task in all_tasks())
 
 
 async def test_unanswered_pings_do_not_pile_up(
@@ -199,3 +180,32 @@ async def test_disconnect_returns_when_on_transition_reconnects(
             await conn.disconnect("bounce")
         await conn.wait_for_state(S.CONNECTED)
         assert server.accepted == 2
+
+
+class RaisesWhenTornDown(PingHeartbeat):
+    """A beat whose task raises, instead of ending quietly, when the session is torn down."""
+
+    async def beat(self, socket: Any, deadline: float) -> bool:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise RuntimeError("beat torn down")
+
+
+async def test_forced_close_does_not_raise_teardown_errors_into_the_application(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found by bench/idle_scale.py: with 10,000 connections closing at once a close
+    outlived its bound, and the errors of the torn-down session escaped
+    open_connection as an ExceptionGroup."""
+    async with open_fault_server() as server:
+        async with open_connection(
+            server.url, open_stream=server.open_stream, heartbeat=RaisesWhenTornDown()
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            await trio.testing.wait_all_tasks_blocked()  # a beat is in flight
+            # What open_connection does when the close outlives close_timeout + 1 s:
+            conn._request_stop(S.CLOSED, "closed by the application")
+            conn._supervisor_scope.cancel()
+            await conn.wait_for_state(S.CLOSED)
+        assert conn.state is S.CLOSED

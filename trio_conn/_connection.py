@@ -652,10 +652,19 @@ class ManagedConnection:
                 await self._connected(socket, nursery)
                 nursery.cancel_scope.cancel()
             return None
-        except Exception as exc:
+        except BaseException as exc:
+            cancelled, errors = _split_cancelled(exc)
+            if errors is not None and not isinstance(errors, Exception):
+                raise  # KeyboardInterrupt and the like are not connection failures
             if self._stop is not None:
+                # Closing: what a socket being torn down raises is expected. A
+                # cancellation (the close outlived its bound) goes on up.
+                if cancelled is not None:
+                    raise cancelled from None
                 return None
-            failure = describe_failure(exc)
+            if cancelled is not None or errors is None:
+                raise
+            failure = describe_failure(errors)
             return failure, failure.reason(phase)
         finally:
             self._interruptible = None
@@ -790,6 +799,15 @@ class ManagedConnection:
                 await self._changed.wait()
             return
         self._events.state_stuck(state=state, seconds=self._machine.time_in_state(), limit=limit)
+
+
+def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """``(the trio.Cancelled part, the rest)`` of an exception or exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    return None, exc
 
 
 @asynccontextmanager
