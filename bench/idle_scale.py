@@ -143,28 +143,34 @@ async def child(kind: str, url: str, count: int, interval: float, seconds: float
         nursery.cancel_scope.cancel()
 
 
-def run_child(kind: str, port: int, count: int, interval: float, seconds: float) -> dict[str, Any]:
-    output = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "idle_scale.py"),
-            "--child",
-            kind,
-            str(port),
-            str(count),
-            str(interval),
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
+def run_child(
+    kind: str, port: int, count: int, interval: float, seconds: float, timeout: float
+) -> dict[str, Any]:
+    """One child's figures, or ``{"saturated": True}`` if it could not finish in time."""
+    command = [
+        sys.executable,
+        str(HERE / "idle_scale.py"),
+        "--child",
+        kind,
+        str(port),
+        str(count),
+        str(interval),
+        str(seconds),
+    ]
+    try:
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"saturated": True}
     result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
     return result
 
 
 def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    saturated = sum(bool(s.get("saturated")) for s in samples)
+    if saturated:
+        return {"saturated_runs": saturated}
     return {
         "rss_per_connection_kb": median([s["rss_per_connection"] for s in samples]) / 1024,
         "connect_seconds": median([s["connect_seconds"] for s in samples]),
@@ -183,6 +189,12 @@ def main() -> None:
     parser.add_argument(
         "--intervals", type=float, nargs="+", default=[15.0, 1.0], help="heartbeat intervals"
     )
+    parser.add_argument(
+        "--child-timeout",
+        type=float,
+        default=240.0,
+        help="seconds; a child still busy then has saturated its core (reported as such)",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
@@ -200,12 +212,16 @@ def main() -> None:
                 samples: dict[str, list[dict[str, Any]]] = {"raw": [], "managed": []}
                 for _ in range(args.runs):
                     for kind in ("raw", "managed"):
-                        samples[kind].append(run_child(kind, port, count, interval, seconds))
+                        samples[kind].append(
+                            run_child(kind, port, count, interval, seconds, args.child_timeout)
+                        )
                 row["raw"] = summarise(samples["raw"])
                 row["managed"] = summarise(samples["managed"])
-                row["rss_ratio"] = (
-                    row["managed"]["rss_per_connection_kb"] / row["raw"]["rss_per_connection_kb"]
-                )
+                if "saturated_runs" not in row["raw"] and "saturated_runs" not in row["managed"]:
+                    row["rss_ratio"] = (
+                        row["managed"]["rss_per_connection_kb"]
+                        / row["raw"]["rss_per_connection_kb"]
+                    )
                 results["figures"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
