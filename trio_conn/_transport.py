@@ -304,12 +304,6 @@ class Socket:
             ws._pings.pop(payload, None)
         return answered.is_set()
 
-    @property
-    def close_code(self) -> int | None:
-        """The close code once the connection is closed, else None."""
-        reason = self._ws.closed if self._ws is not None else None
-        return reason.code if reason is not None else None
-
     async def close_gracefully(self) -> None:
         """Send a close frame and wait for the peer's.
 
