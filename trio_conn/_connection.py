@@ -114,7 +114,6 @@ class ManagedConnection:
     __slots__ = (
         "_attempts",
         "_changed",
-        "_connected_since",
         "_delivery_wait",
         "_entered",
         "_events",
@@ -123,7 +122,6 @@ class ManagedConnection:
         "_heartbeat",
         "_interruptible",
         "_last_close_code",
-        "_last_error",
         "_last_failure",
         "_last_recovery_at",
         "_machine",
@@ -217,10 +215,8 @@ class ManagedConnection:
         self._failures = 0
         self._total_failures = 0
         self._last_failure: FailureDetails | None = None
-        self._last_error: str | None = None
         self._last_close_code: int | None = None
         self._next_retry_at: float | None = None
-        self._connected_since: float | None = None
         self._last_recovery_at: float | None = None
         self._monitor: HeartbeatMonitor | None = None
         self._rtt: float | None = None
@@ -314,7 +310,8 @@ class ManagedConnection:
 
         :raises trio.ClosedResourceError: the connection is CLOSED.
         """
-        if self.state is S.CLOSED or self._stop_target() is S.CLOSED:
+        closing = self._stop is not None and self._stop.target is S.CLOSED
+        if self.state is S.CLOSED or closing:
             raise trio.ClosedResourceError(f"connection {self.name} is closed")
         if self.state is S.DISCONNECTED:
             self._stop = None
@@ -333,7 +330,7 @@ class ManagedConnection:
         entered = self._entry(S.DISCONNECTED)
         self._request_stop(S.DISCONNECTED, reason)
         # Entered, not "is": on_transition may call connect() at once.
-        while not (entered.is_set() or self._stopped_in(S.DISCONNECTED)):
+        while not (entered.is_set() or self._at_rest_disconnected()):
             await self._changed.wait()
 
     async def reset(self, reason: str = "reset requested") -> bool:
@@ -355,7 +352,8 @@ class ManagedConnection:
         """An immutable snapshot of the connection's figures."""
         machine = self._machine
         monitor = self._monitor
-        kind = self._last_failure.kind if self._last_failure is not None else None
+        failure = self._last_failure
+        connected = machine.state is S.CONNECTED
         return ConnectionStatistics(
             state=machine.state,
             state_since=machine.entered_at,
@@ -365,12 +363,12 @@ class ManagedConnection:
             total_failures=self._total_failures,
             transitions=MappingProxyType(machine.transition_counts()),
             time_by_state=MappingProxyType(machine.time_by_state()),
-            last_error=self._last_error,
-            last_error_kind=kind,
+            last_error=None if failure is None else failure.summary,
+            last_error_kind=None if failure is None else failure.kind,
             last_close_code=self._last_close_code,
             heartbeat_rtt=self._rtt if monitor is None or monitor.rtt is None else monitor.rtt,
             next_retry_at=self._next_retry_at,
-            connected_since=self._connected_since,
+            connected_since=machine.entered_at if connected else None,
         )
 
     def __repr__(self) -> str:
@@ -390,12 +388,9 @@ class ManagedConnection:
             return 0
         return self._failures
 
-    def _stopped_in(self, state: ConnectionState) -> bool:
-        """No stop pending and the supervisor rests in ``state`` (or CLOSED)."""
-        return self.state is S.CLOSED or (self._stop is None and self.state is state)
-
-    def _stop_target(self) -> ConnectionState | None:
-        return self._stop.target if self._stop is not None else None
+    def _at_rest_disconnected(self) -> bool:
+        """CLOSED, or DISCONNECTED with no stop pending (disconnect() while there)."""
+        return self.state is S.CLOSED or (self._stop is None and self.state is S.DISCONNECTED)
 
     def _request_stop(self, target: ConnectionState, reason: str) -> None:
         if self._stop is None or target is S.CLOSED:
@@ -434,7 +429,6 @@ class ManagedConnection:
             self._nursery.start_soon(self._watch_stay, self._seq, to_state, limit)
         if to_state is S.CONNECTING:
             self._attempts += 1
-        self._connected_since = record.at if to_state is S.CONNECTED else None
         if to_state is not S.RECONNECTING:
             self._next_retry_at = None
         self._events.state_changed(
@@ -513,7 +507,6 @@ class ManagedConnection:
         self._failures = self._consecutive_failures() + 1
         self._total_failures += 1
         self._last_failure = failure
-        self._last_error = f"{failure.kind}: {type(failure.error).__name__}"
         if failure.close_code is not None:
             self._last_close_code = failure.close_code
         config = self.config

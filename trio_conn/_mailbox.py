@@ -44,10 +44,6 @@ class Mailbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def put_nowait(self, item: T) -> None:
         """Add ``item``.
 

@@ -330,6 +330,11 @@ class FailureDetails:
     status_code: int | None = None
     retry_after: float | None = None
 
+    @property
+    def summary(self) -> str:
+        """``kind: ExceptionType``, for statistics."""
+        return f"{self.kind}: {type(self.error).__name__}"
+
     def reason(self, phase: str) -> str:
         """A reason for the log: kind, exception type, code or status, where. No message text."""
         text = f"{self.kind}: {_type_name(self.error)}"
