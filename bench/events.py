@@ -16,12 +16,19 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 import structlog
 from _common import machine, median
 from trio_websocket import CloseReason, ConnectionClosed
 
-from trio_conn import ConnectionState, StateMachine, configure_logging
+from trio_conn import (
+    ConnectionState,
+    ErrorKind,
+    StateMachine,
+    TransitionRecord,
+    configure_logging,
+)
 from trio_conn._events import ConnectionEvents
 
 S = ConnectionState
@@ -32,23 +39,33 @@ def transition_cost(fmt: str, events: int, *, with_error: bool) -> float:
     clock = iter(range(1_000_000)).__next__
     machine_ = StateMachine(lambda: float(clock()))
     machine_.transition(S.CONNECTING, "start")
-    record = machine_.transition(S.CONNECTED, "handshake complete")
+    change = machine_.transition(S.CONNECTED, "handshake complete")
     if with_error:
-        record = machine_.transition(
+        change = machine_.transition(
             S.RECONNECTING, "unexpected_close: ConnectionClosed (close code 1006) while connected"
         )
-    assert record is not None
-    error = ConnectionClosed(CloseReason(1006, None)) if with_error else None
+    assert change is not None
+    extra: dict[str, Any] = {}
+    if with_error:
+        extra = {
+            "kind": ErrorKind.UNEXPECTED_CLOSE,
+            "error": ConnectionClosed(CloseReason(1006, None)),
+            "close_code": 1006,
+            "retry_in": 3.0,
+        }
+    record = TransitionRecord(
+        *(change.from_state, change.to_state, change.reason, change.at, change.duration),
+        attempt=3,
+        consecutive_failures=1,
+        **extra,
+    )
     with open(os.devnull, "w", encoding="utf-8") as sink:
         configure_logging(fmt, stream=sink)  # type: ignore[arg-type]
         conn_events = ConnectionEvents("feed-1", "wss://bot:pw@example.com/ws?token=abc123")
         conn_events.add_secrets(["session=0123456789abcdef"])
-        extra: dict[str, object] = (
-            {"error": error, "close_code": 1006, "retry_in_s": 3.0} if with_error else {}
-        )
         started = time.perf_counter()
         for _ in range(events):
-            conn_events.state_changed(record, consecutive_failures=1, attempt=3, **extra)  # type: ignore[arg-type]
+            conn_events.state_changed(record)
         elapsed = time.perf_counter() - started
     structlog.reset_defaults()
     return elapsed / events * 1e6

@@ -44,7 +44,7 @@ from trio_conn import (
     MessageHeartbeat,
     PingHeartbeat,
     RetryPolicy,
-    Transition,
+    TransitionRecord,
     open_connection,
 )
 from trio_conn.testing import FaultServer, open_fault_server
@@ -107,7 +107,7 @@ class Lane:
     index: int
     server: FaultServer
     opener: CountingOpener
-    records: list[Transition] = field(default_factory=list)
+    records: list[TransitionRecord] = field(default_factory=list)
     received: list[str | bytes] = field(default_factory=list)
     pushed: int = 0
     conn: ManagedConnection | None = None

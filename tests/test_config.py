@@ -19,6 +19,7 @@ def test_defaults_are_the_design_defaults() -> None:
     assert config.connect_timeout == 10.0
     assert config.stable_after == 30.0
     assert config.recovery_cooldown == 60.0
+    assert config.failed_retry_interval == 300.0
     assert config.retry == RetryPolicy()
     assert config.receive_buffer == 64
     assert config.max_message_size == 1024 * 1024
@@ -50,7 +51,14 @@ COUNTS = ["max_heartbeat_failures", "max_connection_failures", "receive_buffer",
 
 
 def test_every_field_is_covered_by_a_rule() -> None:
-    covered = {*POSITIVE_SECONDS, *NON_NEGATIVE_SECONDS, *COUNTS, "retry", "stuck_after"}
+    covered = {
+        *POSITIVE_SECONDS,
+        *NON_NEGATIVE_SECONDS,
+        *COUNTS,
+        "retry",
+        "stuck_after",
+        "failed_retry_interval",
+    }
     assert {f.name for f in dataclasses.fields(ConnectionConfig)} == covered
 
 
@@ -78,6 +86,24 @@ def test_non_negative_seconds(name: str) -> None:
 def test_seconds_must_be_numbers(name: str, value: object) -> None:
     with pytest.raises(TypeError, match=rf"ConnectionConfig\.{name} must be a number of seconds"):
         ConnectionConfig(**{name: value})  # type: ignore[arg-type]
+
+
+def test_failed_retry_interval_is_positive_seconds_or_none() -> None:
+    assert ConnectionConfig(failed_retry_interval=None).failed_retry_interval is None
+    assert ConnectionConfig(failed_retry_interval=1).failed_retry_interval == 1
+    for value in (0, -1.0, math.inf, math.nan):
+        with pytest.raises(
+            ValueError,
+            match=r"ConnectionConfig\.failed_retry_interval must be finite and > 0 seconds "
+            rf"or None, got {value!r}",
+        ):
+            ConnectionConfig(failed_retry_interval=value)
+    for bad_type in ("300", True):
+        with pytest.raises(
+            TypeError,
+            match=r"ConnectionConfig\.failed_retry_interval must be a number of seconds or None",
+        ):
+            ConnectionConfig(failed_retry_interval=bad_type)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", COUNTS)

@@ -35,7 +35,7 @@ from trio_conn import (
     PingHeartbeat,
     RetryPolicy,
     Session,
-    Transition,
+    TransitionRecord,
     open_connection,
 )
 from trio_conn.testing import FaultServer, open_fault_server
@@ -45,18 +45,18 @@ NO_JITTER = RetryPolicy(jitter=0.0)
 Edge = tuple[ConnectionState, ConnectionState]
 
 
-def edges(records: list[Transition]) -> list[Edge]:
+def edges(records: list[TransitionRecord]) -> list[Edge]:
     return [(r.from_state, r.to_state) for r in records]
 
 
-def durations(records: list[Transition], edge: Edge) -> list[float]:
+def durations(records: list[TransitionRecord], edge: Edge) -> list[float]:
     return [r.duration for r in records if (r.from_state, r.to_state) == edge]
 
 
 @asynccontextmanager
 async def managed(
     server: FaultServer,
-    records: list[Transition] | None = None,
+    records: list[TransitionRecord] | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[ManagedConnection]:
     kwargs.setdefault("config", ConnectionConfig(retry=NO_JITTER))
@@ -73,7 +73,7 @@ async def managed(
 
 
 async def test_connect_exchange_leave(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         async with managed(server, records) as conn:
             assert conn.state in (S.DISCONNECTED, S.CONNECTING)
@@ -105,7 +105,7 @@ async def test_connect_exchange_leave(autojump_clock: trio.testing.MockClock) ->
 async def test_drop_reconnects_after_three_seconds(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server, managed(server, records) as conn:
         await conn.wait_for_state(S.CONNECTED)
         await server.drop()
@@ -129,7 +129,7 @@ async def test_drop_reconnects_after_three_seconds(
 async def test_clean_close_by_the_server_backs_off_and_counts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server, managed(server, records) as conn:
         await conn.wait_for_state(S.CONNECTED)
         await server.close_all(1000, "bye")
@@ -164,7 +164,7 @@ async def test_silent_peer_declared_dead_exactly_at_the_bound(
     config = ConnectionConfig(retry=NO_JITTER)
     # DESIGN.md: interval + max_failures * max(timeout, interval) = 15 + 3 * 30.
     bound = 15.0 + 3 * 30.0
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         answer_app_heartbeats(server)
         async with managed(server, records, heartbeat=HEARTBEATS[kind](), config=config) as conn:
@@ -215,7 +215,7 @@ async def test_message_heartbeat_replies_are_consumed(
 
 
 async def test_any_message_counts_as_life(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server, managed(server, records) as conn:
         await conn.wait_for_state(S.CONNECTED)
         server.answer_pings = False
@@ -233,7 +233,7 @@ async def test_any_message_counts_as_life(autojump_clock: trio.testing.MockClock
 async def test_server_down_backs_off_then_fails_and_the_hook_recovers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     infos: list[FailureInfo] = []
 
     async with open_fault_server() as server:
@@ -271,9 +271,10 @@ async def test_hook_false_stays_failed_until_reset(
         calls.append(trio.current_time())
         return False
 
+    config = ConnectionConfig(retry=NO_JITTER, failed_retry_interval=None)
     async with open_fault_server() as server:
         await server.stop()
-        async with managed(server, on_failed=on_failed) as conn:
+        async with managed(server, on_failed=on_failed, config=config) as conn:
             await conn.wait_for_state(S.FAILED)
             attempts = conn.statistics().attempts
             await trio.sleep(3600)
@@ -290,7 +291,7 @@ async def test_hook_false_stays_failed_until_reset(
 async def test_reset_leaves_failed_and_retries_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         await server.stop()
         async with managed(server, records) as conn:
@@ -332,7 +333,7 @@ async def test_recovery_cooldown_spaces_hook_calls(
 async def test_rejected_goes_straight_to_failed_and_hook_refreshes_credentials(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     cookie = {"value": "session=old"}
     infos: list[FailureInfo] = []
 
@@ -373,21 +374,23 @@ async def test_rejected_goes_straight_to_failed_and_hook_refreshes_credentials(
 
 
 async def test_throttled_waits_retry_after(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         server.reject_next(1, 429, [("Retry-After", "7")])
-        config = ConnectionConfig()  # default jitter: Retry-After is never jittered
+        config = ConnectionConfig()  # default jitter: Retry-After is spread upwards
         async with managed(server, records, config=config) as conn:
             await conn.wait_for_state(S.CONNECTED)
             assert records[1].reason.startswith("throttled: ConnectionRejected (HTTP 429)")
-            assert durations(records, (S.RECONNECTING, S.CONNECTING)) == [7.0]
+            (slept,) = durations(records, (S.RECONNECTING, S.CONNECTING))
+            assert slept == records[1].retry_in
+            assert 7.0 <= slept <= 7.0 * 1.2
 
 
 # 7 -------------------------------------------------------------------------
 
 
 async def test_flapping_reaches_failed(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         server.close_after = 1.0
         async with managed(server, records) as conn:
@@ -400,7 +403,7 @@ async def test_flapping_reaches_failed(autojump_clock: trio.testing.MockClock) -
 async def test_flapping_never_fails_with_stable_after_zero(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     config = ConnectionConfig(stable_after=0, retry=NO_JITTER)
     async with open_fault_server() as server:
         server.close_after = 1.0
@@ -429,7 +432,7 @@ async def test_stable_connection_resets_the_count(autojump_clock: trio.testing.M
 async def test_upgrade_never_answered_fails_at_connect_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         server.hang_next()
         async with managed(server, records) as conn:
@@ -444,7 +447,7 @@ async def test_upgrade_never_answered_fails_at_connect_timeout(
 async def test_connect_timeout_bounds_a_slow_headers_callable(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     calls = 0
 
     async def headers() -> list[tuple[str, str]]:
@@ -466,7 +469,7 @@ async def test_connect_timeout_bounds_a_slow_headers_callable(
 async def test_disconnect_while_connected_then_connect(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server, managed(server, records) as conn:
         await conn.wait_for_state(S.CONNECTED)
         await conn.disconnect("maintenance window")
@@ -548,7 +551,7 @@ async def _reach(server: FaultServer, conn: ManagedConnection, state: Connection
 async def test_leaving_the_block_in_each_state_closes_everything(
     autojump_clock: trio.testing.MockClock, state: ConnectionState
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         _prepare(server, state)
         async with managed(server, records) as conn:
@@ -619,7 +622,7 @@ async def test_receive_ends_after_buffered_messages(
 async def test_slow_reader_is_not_a_dead_peer(
     autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     config = ConnectionConfig(retry=NO_JITTER)
     bound = 15.0 + 3 * 30.0
     count = 10 * config.receive_buffer
@@ -657,7 +660,7 @@ async def test_messages_survive_a_reconnect(autojump_clock: trio.testing.MockClo
 async def test_on_connect_runs_before_connected_and_its_errors_fail_the_attempt(
     autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     calls: list[str] = []
 
     async def on_connect(session: Session) -> None:
@@ -692,7 +695,7 @@ async def test_on_failed_raising_is_logged_and_stays_failed(
         server.reject_next(1, 401)
         async with managed(server, on_failed=on_failed) as conn:
             await conn.wait_for_state(S.FAILED)
-            await trio.sleep(600)
+            await trio.sleep(299)  # the first probe is due after failed_retry_interval
             assert conn.state is S.FAILED
             (recovery,) = [e for e in events if e["event"] == "connection.recovery"]
             assert recovery["outcome"] == "failure"
@@ -737,7 +740,7 @@ async def test_on_failed_non_bool_and_hang(
 async def test_on_transition_raising_is_logged_and_ignored(
     autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
 ) -> None:
-    def on_transition(record: Transition) -> None:
+    def on_transition(record: TransitionRecord) -> None:
         raise RuntimeError(f"hook broke on {record.to_state}")
 
     async with (
@@ -817,7 +820,7 @@ async def test_real_server_process_killed_and_restarted() -> None:
             backoff={ErrorKind.UNEXPECTED_CLOSE: fast, ErrorKind.NETWORK: fast},
         ),
     )
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     fds_before = len(os.listdir("/proc/self/fd"))
     with trio.fail_after(30):
         process, port = await _start_echo_server(0)

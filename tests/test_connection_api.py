@@ -14,7 +14,7 @@ from trio_conn import (
     ConnectionConfig,
     ConnectionState,
     RetryPolicy,
-    Transition,
+    TransitionRecord,
     open_connection,
 )
 from trio_conn.testing import open_fault_server
@@ -64,7 +64,7 @@ async def test_bad_headers_from_the_callable_fail_the_attempt(
         calls += 1
         return [("X-Bad", 5)] if calls == 1 else [("X-Good", "1")]  # type: ignore[list-item]
 
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         async with open_connection(
             server.url,

@@ -22,7 +22,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import CapturingLogger, capture_logs
 
-from trio_conn import ConnectionState, ErrorKind, HeartbeatTimeout, StateMachine, Transition
+from trio_conn import (
+    ConnectionState,
+    ErrorKind,
+    HeartbeatTimeout,
+    RecoveryRecord,
+    StateMachine,
+    Transition,
+    TransitionRecord,
+)
 from trio_conn._events import (
     MAX_ERROR_MESSAGE,
     REDACTED,
@@ -88,7 +96,7 @@ SCENARIO: tuple[Step, ...] = (
             "kind": ErrorKind.UNEXPECTED_CLOSE,
             "error": closed_1006(),
             "close_code": 1006,
-            "retry_in_s": 3.0,
+            "retry_in": 3.0,
         },
     ),
     Step(3.0, S.CONNECTING, "retry", 1, 2),
@@ -101,20 +109,47 @@ SCENARIO: tuple[Step, ...] = (
         {"kind": ErrorKind.REJECTED, "error": rejected_403(), "status_code": 403},
     ),
     Step(0.0, S.FAILED, "rejected is fatal", 2, 2, {"kind": ErrorKind.REJECTED}),
-    Step(60.0, S.RECONNECTING, "credentials refreshed", 0, 2),
+    Step(60.0, S.RECONNECTING, "credentials refreshed by on_failed", 0, 2),
     Step(0.0, S.CONNECTING, "retry", 0, 3),
     Step(0.5, S.CONNECTED, "handshake complete", 0, 3),
     Step(100.0, S.CLOSED, "shutdown", 0, 3),
 )
 ELAPSED = sum(step.after for step in SCENARIO)
-EXPECTED_LEVEL = {S.FAILED: "error", S.RECONNECTING: "warning"}
-EXPECTED_OUTCOME = {S.CONNECTED: "success", S.RECONNECTING: "failure", S.FAILED: "failure"}
+
+
+def expected_level(step: Step) -> str:
+    """FAILED is an error; a failure into RECONNECTING a warning; leaving FAILED is info."""
+    if step.to_state is S.FAILED:
+        return "error"
+    return "warning" if "kind" in step.extra else "info"
+
+
+def expected_outcome(step: Step) -> str | None:
+    if step.to_state is S.CONNECTED:
+        return "success"
+    return "failure" if "kind" in step.extra else None
 
 
 @dataclass(frozen=True)
 class ScenarioRun:
-    records: list[Transition]
+    records: list[TransitionRecord]
     elapsed: float
+
+
+def with_context(
+    change: Transition, consecutive_failures: int = 1, attempt: int = 1, **fields: Any
+) -> TransitionRecord:
+    """The lifecycle's record of ``change``: the transition and its context."""
+    return TransitionRecord(
+        change.from_state,
+        change.to_state,
+        change.reason,
+        change.at,
+        change.duration,
+        attempt=attempt,
+        consecutive_failures=consecutive_failures,
+        **fields,
+    )
 
 
 def run_scenario(
@@ -127,34 +162,35 @@ def run_scenario(
     clock = FakeClock()
     machine = StateMachine(clock)
     start = clock.now
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     for index, step in enumerate(SCENARIO):
         clock.now += step.after
         if step.to_state is S.RECONNECTING and step.consecutive_failures == 1:
             events.heartbeat_missed(misses=1, max_misses=3, timeout=30.0)
         if index == 4:
             events.state_stuck(state=S.CONNECTING, seconds=31.0, limit=30.0)
-        record = machine.transition(step.to_state, step.reason)
-        assert record is not None
-        records.append(record)
+        change = machine.transition(step.to_state, step.reason)
+        assert change is not None
         extra = dict(step.extra)
         if error is not None and "error" in extra:
             extra["error"] = error()
-        events.state_changed(
-            record,
-            consecutive_failures=step.consecutive_failures,
-            attempt=step.attempt,
-            **extra,
-        )
+        record = with_context(change, step.consecutive_failures, step.attempt, **extra)
+        records.append(record)
+        events.state_changed(record)
         if step.to_state is S.FAILED:
             events.recovery(
-                outcome="failure",
-                duration_s=0.5,
-                consecutive_failures=2,
-                detail="on_failed returned None, not a bool",
+                RecoveryRecord(
+                    at=clock.now,
+                    duration=0.5,
+                    refreshed=False,
+                    consecutive_failures=2,
+                    detail="on_failed returned None, not a bool",
+                )
             )
             events.hook_failed(hook="on_transition", error=RuntimeError("app bug"))
-            events.recovery(outcome="success", duration_s=1.25, consecutive_failures=2)
+            events.recovery(
+                RecoveryRecord(at=clock.now, duration=1.25, refreshed=True, consecutive_failures=2)
+            )
     return ScenarioRun(records, clock.now - start)
 
 
@@ -178,11 +214,12 @@ def test_scenario_transition_events_carry_the_contract_fields() -> None:
         assert entry["duration_s"] == record.duration == step.after
         assert entry["consecutive_failures"] == step.consecutive_failures
         assert entry["attempt"] == step.attempt
-        assert entry["log_level"] == EXPECTED_LEVEL.get(step.to_state, "info")
-        assert entry.get("outcome") == EXPECTED_OUTCOME.get(step.to_state)
+        assert entry["log_level"] == expected_level(step)
+        assert entry.get("outcome") == expected_outcome(step)
         # Optional fields appear exactly when given.
-        for name in ("close_code", "status_code", "retry_in_s"):
+        for name in ("close_code", "status_code"):
             assert entry.get(name) == step.extra.get(name)
+        assert entry.get("retry_in_s") == step.extra.get("retry_in")
         assert ("error_kind" in entry) == ("kind" in step.extra)
         assert ("error_type" in entry) == ("error" in step.extra)
         assert ("error_message" in entry) == ("error" in step.extra)
@@ -240,10 +277,13 @@ def test_other_events_have_their_fields_and_levels() -> None:
 def test_recovery_that_raised_logs_the_error() -> None:
     with capture_logs() as logs:
         ConnectionEvents(CONN_ID, URL).recovery(
-            outcome="failure",
-            duration_s=2.0,
-            consecutive_failures=5,
-            error=PermissionError("login refused"),
+            RecoveryRecord(
+                at=1.0,
+                duration=2.0,
+                refreshed=False,
+                consecutive_failures=5,
+                error=PermissionError("login refused"),
+            )
         )
     (entry,) = logs
     assert entry["log_level"] == "error"
@@ -288,8 +328,18 @@ def test_unprintable_exception_does_not_break_logging() -> None:
 # --- secrets -------------------------------------------------------------------------
 
 
-def fail_record(reason: str) -> Transition:
-    return Transition(S.CONNECTING, S.RECONNECTING, reason, at=1.0, duration=0.5)
+def fail_record(reason: str, error: BaseException | None = None) -> TransitionRecord:
+    return TransitionRecord(
+        S.CONNECTING,
+        S.RECONNECTING,
+        reason,
+        at=1.0,
+        duration=0.5,
+        attempt=1,
+        consecutive_failures=1,
+        kind=ErrorKind.NETWORK,
+        error=error,
+    )
 
 
 def test_header_values_are_scrubbed_from_later_events() -> None:
@@ -298,10 +348,10 @@ def test_header_values_are_scrubbed_from_later_events() -> None:
     events.add_secrets([cookie, "Bearer tokentokentoken", "abc", ""])
     with capture_logs() as logs:
         events.state_changed(
-            fail_record("handshake failed with c00kie-value-42 (token tokentokentoken)"),
-            consecutive_failures=1,
-            attempt=1,
-            error=OSError(f"sent Cookie: {cookie}; Authorization: Bearer tokentokentoken"),
+            fail_record(
+                "handshake failed with c00kie-value-42 (token tokentokentoken)",
+                OSError(f"sent Cookie: {cookie}; Authorization: Bearer tokentokentoken"),
+            )
         )
     (entry,) = logs
     # Parts of a header value that appear alone are caught too.
@@ -315,22 +365,14 @@ def test_short_values_are_ignored_so_text_is_not_mangled() -> None:
     events = ConnectionEvents(CONN_ID, "wss://example.com/ws")
     events.add_secrets(["ws", "443", "on"])
     with capture_logs() as logs:
-        events.state_changed(
-            fail_record("connection to ws host on port 443 failed"),
-            consecutive_failures=1,
-            attempt=1,
-        )
+        events.state_changed(fail_record("connection to ws host on port 443 failed"))
     assert logs[0]["reason"] == "connection to ws host on port 443 failed"
 
 
 def test_url_userinfo_and_query_values_are_secrets_even_percent_encoded() -> None:
     events = ConnectionEvents(CONN_ID, "wss://bob:p%40ssw0rd@example.com/ws?key=a%2Fb%2Fc%2Fd&x=1")
     with capture_logs() as logs:
-        events.state_changed(
-            fail_record("refused: p@ssw0rd, a/b/c/d, a%2Fb%2Fc%2Fd"),
-            consecutive_failures=1,
-            attempt=1,
-        )
+        events.state_changed(fail_record("refused: p@ssw0rd, a/b/c/d, a%2Fb%2Fc%2Fd"))
     assert logs[0]["reason"] == f"refused: {REDACTED}, {REDACTED}, {REDACTED}"
     assert logs[0]["url"] == "wss://REDACTED:REDACTED@example.com/ws?key=REDACTED&x=REDACTED"
 
@@ -347,7 +389,7 @@ def test_a_secret_in_the_url_path_is_scrubbed_from_the_url_field() -> None:
 def test_without_secrets_fields_are_passed_unchanged() -> None:
     events = ConnectionEvents(CONN_ID, "wss://example.com/ws")
     with capture_logs() as logs:
-        events.state_changed(fail_record("plain reason"), consecutive_failures=1, attempt=1)
+        events.state_changed(fail_record("plain reason"))
     assert logs[0]["reason"] == "plain reason"
 
 
@@ -476,14 +518,11 @@ def test_registered_secret_never_survives_in_any_string_field(secret: str) -> No
     events = ConnectionEvents(CONN_ID, "wss://example.com/ws")
     events.add_secrets([f"Bearer {secret}"])
     with capture_logs() as logs:
-        events.state_changed(
-            fail_record(f"failed ({secret})"),
-            consecutive_failures=1,
-            attempt=1,
-            error=OSError(f"x{secret}x"),
-        )
+        events.state_changed(fail_record(f"failed ({secret})", OSError(f"x{secret}x")))
         events.recovery(
-            outcome="failure", duration_s=1.0, consecutive_failures=1, detail=secret * 2
+            RecoveryRecord(
+                at=1.0, duration=1.0, refreshed=False, consecutive_failures=1, detail=secret * 2
+            )
         )
     texts = [
         value

@@ -22,13 +22,14 @@ from tests.ecs_schema import SCHEMA_PATH, SHARED_SCHEMA_PATH, check_ecs_line, lo
 from tests.test_events import (
     CONN_ID,
     ELAPSED,
-    EXPECTED_LEVEL,
-    EXPECTED_OUTCOME,
     REDACTED_URL,
     SCENARIO,
     URL,
+    expected_level,
+    expected_outcome,
     run_scenario,
 )
+from trio_conn import RecoveryRecord
 from trio_conn._events import ConnectionEvents
 from trio_conn._logging import ECS_VERSION, TRIO_WEBSOCKET_LOGGER, configure_logging
 
@@ -123,8 +124,8 @@ def test_json_lines_carry_the_contract(binary: bool) -> None:
     assert len(changes) == len(SCENARIO)
     for obj, step in zip(changes, SCENARIO, strict=True):
         assert obj["to_state"] == step.to_state
-        assert obj["level"] == EXPECTED_LEVEL.get(step.to_state, "info")
-        assert obj.get("outcome") == EXPECTED_OUTCOME.get(step.to_state)
+        assert obj["level"] == expected_level(step)
+        assert obj.get("outcome") == expected_outcome(step)
         assert isinstance(obj["from_state"], str)
         assert isinstance(obj["reason"], str)
         assert isinstance(obj["duration_s"], float)
@@ -180,7 +181,7 @@ def test_levels_below_the_configured_one_are_dropped() -> None:
     assert lines
     assert {obj["level"] for obj in lines} == {"warning", "error"}
     assert (
-        len(lines) == sum(1 for step in SCENARIO if step.to_state in EXPECTED_LEVEL) + 4
+        len(lines) == sum(1 for step in SCENARIO if expected_level(step) != "info") + 4
     )  # heartbeat_missed, state_stuck, failed recovery, hook_failed
     structlog.reset_defaults()
     configure_logging("json", level=logging.ERROR, stream=io.StringIO())
@@ -241,9 +242,9 @@ def test_ecs_lines_are_valid_ecs_and_carry_the_mapping(binary: bool) -> None:
     for obj, step in zip(changes, SCENARIO, strict=True):
         custom = obj["trio_conn"]
         assert custom["to_state"] == step.to_state
-        assert obj["log.level"] == EXPECTED_LEVEL.get(step.to_state, "info")
+        assert obj["log.level"] == expected_level(step)
         assert obj["event"]["type"] == TYPE_BY_TARGET[step.to_state]
-        assert obj["event"]["outcome"] == EXPECTED_OUTCOME.get(step.to_state, "unknown")
+        assert obj["event"]["outcome"] == (expected_outcome(step) or "unknown")
         assert obj["event"]["duration"] == round(custom["duration_s"] * 1e9)
         assert obj["event"]["reason"] == step.reason
         assert obj["message"].startswith(
@@ -439,7 +440,13 @@ def test_secrets_never_reach_any_line_of_any_format(
         run_scenario(events, error=leaky_error)
         events.hook_failed(hook="on_connect", error=PermissionError(f"token {token} expired"))
         events.recovery(
-            outcome="failure", duration_s=1.0, consecutive_failures=5, detail=f"user {user}"
+            RecoveryRecord(
+                at=1.0,
+                duration=1.0,
+                refreshed=False,
+                consecutive_failures=5,
+                detail=f"user {user}",
+            )
         )
 
     for fmt in FORMATS:

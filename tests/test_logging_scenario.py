@@ -17,7 +17,7 @@ from trio_conn import (
     ConnectionState,
     FailureInfo,
     RetryPolicy,
-    Transition,
+    TransitionRecord,
     configure_logging,
     open_connection,
 )
@@ -29,7 +29,7 @@ SECRETS = (PASSWORD, TOKEN, COOKIE)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-async def run_scenario(records: list[Transition]) -> None:
+async def run_scenario(records: list[TransitionRecord]) -> None:
     """connect, drop, heartbeat timeout, 403 -> FAILED -> recovery, close."""
     config = ConnectionConfig(retry=RetryPolicy(jitter=0.0))
 
@@ -59,7 +59,7 @@ async def run_scenario(records: list[Transition]) -> None:
             await trio.sleep(1)
 
 
-async def emitted(fmt: str, records: list[Transition]) -> list[str]:
+async def emitted(fmt: str, records: list[TransitionRecord]) -> list[str]:
     stream = io.StringIO()
     configure_logging(fmt, stream=stream, level="debug")  # type: ignore[arg-type]
     await run_scenario(records)
@@ -88,12 +88,12 @@ EXPECTED_EDGES = [
 ]
 
 
-def lifetime(records: list[Transition]) -> float:
+def lifetime(records: list[TransitionRecord]) -> float:
     return records[-1].at - (records[0].at - records[0].duration)
 
 
 async def test_json_lines(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     objs = [json.loads(line) for line in await emitted("json", records)]
     changes = [o for o in objs if o["event"] == "connection.state_changed"]
     assert [(o["from_state"], o["to_state"]) for o in changes] == EXPECTED_EDGES
@@ -109,8 +109,14 @@ async def test_json_lines(autojump_clock: trio.testing.MockClock) -> None:
         assert obj["duration_s"] == record.duration
         assert isinstance(obj["consecutive_failures"], int)
         assert isinstance(obj["attempt"], int)
-        expected_level = {S.FAILED: "error", S.RECONNECTING: "warning"}.get(record.to_state, "info")
-        assert obj["level"] == expected_level
+        if record.to_state is S.FAILED:
+            assert obj["level"] == "error"
+        elif record.kind is not None:  # a failure
+            assert obj["level"] == "warning"
+            assert obj["outcome"] == "failure"
+        else:  # leaving FAILED after the refresh is good news, not a warning
+            assert obj["level"] == "info"
+            assert obj.get("outcome") in (None, "success")
     assert changes[1]["outcome"] == "success"
     assert changes[2]["error_kind"] == "unexpected_close"
     assert changes[2]["close_code"] == 1006
@@ -123,11 +129,14 @@ async def test_json_lines(autojump_clock: trio.testing.MockClock) -> None:
     assert [o["misses"] for o in missed] == [1, 2, 3]
     assert all(o["level"] == "warning" for o in missed)
     (recovery,) = [o for o in objs if o["event"] == "connection.recovery"]
-    assert recovery["outcome"] == "success"
+    assert (recovery["outcome"], recovery["level"]) == ("success", "info")
+    refreshed = changes[9]
+    assert refreshed["reason"] == "credentials refreshed by on_failed"
+    assert (refreshed["level"], refreshed.get("outcome")) == ("info", None)
 
 
 async def test_ecs_lines(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     objs = [json.loads(line) for line in await emitted("ecs", records)]
     for obj in objs:
         assert check_ecs_line(obj) == [], obj
@@ -163,7 +172,7 @@ async def test_ecs_lines(autojump_clock: trio.testing.MockClock) -> None:
 
 
 async def test_console_lines(autojump_clock: trio.testing.MockClock) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     lines = await emitted("console", records)
     assert not any(ANSI.search(line) for line in lines)  # StringIO is not a TTY
     changes = [line for line in lines if "connection.state_changed" in line]

@@ -1,4 +1,4 @@
-"""Retry delays: the seed's rows, caps, jitter and Retry-After."""
+"""Retry delays: the rows, caps, jitter, Retry-After, probes and the close-code table."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_conn import Backoff, ErrorKind, RetryPolicy
+from trio_conn._policy import FailureDetails
 
 K = ErrorKind
 
@@ -84,15 +85,57 @@ def test_default_random_source_jitters_within_bounds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "expected"),
-    [(7.0, 7.0), (0.0, 0.0), (299.5, 299.5), (300.0, 300.0), (3600.0, 300.0)],
+    ("retry_after", "sample", "expected"),
+    [
+        (7.0, 0.0, 7.0),
+        (7.0, 0.5, 7.7),
+        (7.0, 1.0, 8.4),
+        (0.0, 1.0, 0.0),
+        (299.5, 0.0, 299.5),
+        (299.5, 1.0, 300.0),
+        (3600.0, 0.0, 300.0),
+    ],
 )
-def test_throttled_honours_retry_after_capped_without_jitter(
-    retry_after: float, expected: float
+def test_retry_after_is_spread_upwards_then_capped(
+    retry_after: float, sample: float, expected: float
 ) -> None:
-    policy = RetryPolicy(jitter=1.0, random=lambda: 1.0)
+    policy = RetryPolicy(jitter=0.2, random=lambda: sample)
     for n in (1, 4):
-        assert policy.delay(K.THROTTLED, n, retry_after=retry_after) == expected
+        assert policy.delay(K.THROTTLED, n, retry_after=retry_after) == pytest.approx(expected)
+
+
+@given(
+    retry_after=st.floats(min_value=0.0, max_value=10_000.0),
+    jitter=st.floats(min_value=0.0, max_value=1.0),
+    sample=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_retry_after_is_never_shortened_below_what_was_asked(
+    retry_after: float, jitter: float, sample: float
+) -> None:
+    policy = RetryPolicy(jitter=jitter, random=lambda: sample)
+    delay = policy.delay(K.THROTTLED, 1, retry_after=retry_after)
+    assert min(retry_after, policy.max_retry_after) <= delay <= policy.max_retry_after
+    assert delay <= retry_after * (1 + jitter) + 1e-9
+
+
+def test_clients_told_the_same_retry_after_come_back_spread() -> None:
+    import random
+
+    rng = random.Random(11)
+    policy = RetryPolicy(random=rng.random)
+    delays = [policy.delay(K.THROTTLED, 1, retry_after=1.0) for _ in range(20)]
+    assert all(1.0 <= delay <= 1.2 for delay in delays)
+    assert max(delays) - min(delays) > 0.1  # not one wave
+
+
+def test_probe_delay_is_the_interval_or_retry_after_spread_upwards() -> None:
+    policy = RetryPolicy(jitter=0.2, random=lambda: 0.5)
+    assert policy.probe_delay(300.0) == pytest.approx(330.0)
+    assert policy.probe_delay(100.0, retry_after=200.0) == pytest.approx(220.0)
+    assert policy.probe_delay(300.0, retry_after=60.0) == pytest.approx(330.0)
+    # Retry-After is capped at max_retry_after before it is compared.
+    assert policy.probe_delay(10.0, retry_after=10_000.0) == pytest.approx(330.0)
+    assert RetryPolicy(jitter=0.0).probe_delay(60.0) == 60.0
 
 
 def test_throttled_without_retry_after_uses_the_network_row() -> None:
@@ -121,6 +164,56 @@ def test_custom_rows_and_fatal_kinds() -> None:
     assert policy.delay(K.THROTTLED, 1, retry_after=100.0) == 30.0
 
 
+def test_default_close_codes_follow_rfc_6455_and_the_iana_registry() -> None:
+    codes = RetryPolicy().close_codes
+    assert codes[1013] is K.THROTTLED  # Try Again Later
+    assert codes[1014] is K.NETWORK  # Bad Gateway
+    for code in (1002, 1003, 1007, 1008, 1009, 1010):
+        assert codes[code] is K.OTHER
+    for code in (1000, 1001, 1006, 1011, 1012, 4000):  # ordinary drops and restarts
+        assert code not in codes
+
+
+def test_close_codes_are_merged_over_the_defaults_and_resolve_failures() -> None:
+    policy = RetryPolicy(close_codes={4401: K.REJECTED, 1008: "rejected"})  # type: ignore[dict-item]
+    assert policy.close_codes[4401] is K.REJECTED
+    assert policy.close_codes[1008] is K.REJECTED  # the user's wins
+    assert policy.close_codes[1013] is K.THROTTLED  # defaults kept
+    closed = ConnectionResetError("closed")
+
+    def resolved(code: int | None) -> ErrorKind:
+        return policy.resolve(FailureDetails(K.UNEXPECTED_CLOSE, closed, close_code=code)).kind
+
+    assert resolved(4401) is K.REJECTED
+    assert resolved(1013) is K.THROTTLED
+    assert resolved(4000) is K.UNEXPECTED_CLOSE
+    assert resolved(1006) is K.UNEXPECTED_CLOSE
+    assert resolved(None) is K.UNEXPECTED_CLOSE
+    details = policy.resolve(FailureDetails(K.UNEXPECTED_CLOSE, closed, close_code=4401))
+    assert (details.error, details.close_code) == (closed, 4401)
+
+
+@pytest.mark.parametrize(
+    ("close_codes", "error", "match"),
+    [
+        ({999: K.OTHER}, ValueError, r"close_codes key 999 is not a close code"),
+        ({5000: K.OTHER}, ValueError, r"key 5000 .*\(1000-4999"),
+        ({1006: K.NETWORK}, ValueError, r"key 1006 .* RFC 6455 section 7.4.1"),
+        ({1005: K.NETWORK}, ValueError, r"key 1005"),
+        ({1015: K.NETWORK}, ValueError, r"key 1015"),
+        ({"4401": K.REJECTED}, TypeError, r"close_codes keys must be int close codes, got '4401'"),
+        ({True: K.REJECTED}, TypeError, r"close_codes keys must be int"),
+        ({4401: "denied"}, ValueError, r"close_codes\[4401\] must be an ErrorKind .* 'denied'"),
+        ([(4401, K.REJECTED)], TypeError, r"close_codes must be a mapping"),
+    ],
+)
+def test_invalid_close_codes_name_the_rule(
+    close_codes: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        RetryPolicy(close_codes=close_codes)  # type: ignore[arg-type]
+
+
 def test_fatal_accepts_kind_values() -> None:
     policy = RetryPolicy(fatal=frozenset({"network"}))  # type: ignore[arg-type]
     assert policy.fatal == frozenset({K.NETWORK})
@@ -139,7 +232,8 @@ def test_failures_must_be_a_positive_int(failures: object) -> None:
         ({"jitter": 1.5}, ValueError, "jitter must be between 0 and 1"),
         ({"jitter": float("nan")}, ValueError, "jitter"),
         ({"jitter": "0.2"}, TypeError, "jitter must be a number"),
-        ({"fatal": frozenset({"bogus"})}, ValueError, "bogus"),
+        ({"fatal": frozenset({"bogus"})}, ValueError, r"fatal must be an ErrorKind .* 'bogus'"),
+        ({"fatal": "rejected"}, TypeError, r"fatal must be a frozenset of ErrorKind"),
         ({"backoff": {"network": Backoff(1, 2)}}, ValueError, "backoff keys"),
         ({"backoff": {K.NETWORK: (1, 2)}}, TypeError, r"backoff\[network\] must be a Backoff"),
         ({"max_retry_after": -1}, ValueError, "max_retry_after must be finite and >= 0"),

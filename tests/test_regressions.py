@@ -14,7 +14,7 @@ from trio_conn import (
     FailureInfo,
     PingHeartbeat,
     RetryPolicy,
-    Transition,
+    TransitionRecord,
     open_connection,
 )
 from trio_conn.testing import FaultServer, open_fault_server
@@ -49,7 +49,7 @@ async def test_send_cancelled_mid_frame_drops_the_socket(
             streams.append(stream)
             return stream
 
-        records: list[Transition] = []
+        records: list[TransitionRecord] = []
         async with open_connection(
             server.url,
             open_stream=open_stream,
@@ -82,7 +82,7 @@ async def test_reset_during_the_hook_is_not_kept_for_the_next_failed(
             await let_hook_answer.wait()
         return answers.pop(0)
 
-    config = ConnectionConfig(retry=NO_JITTER, recovery_cooldown=0)
+    config = ConnectionConfig(retry=NO_JITTER, recovery_cooldown=0, failed_retry_interval=None)
     async with open_fault_server() as server:
         server.reject_next(1, 403)
         async with open_connection(
@@ -164,7 +164,7 @@ async def test_disconnect_returns_when_on_transition_reconnects(
 ) -> None:
     holder: list[Any] = []
 
-    def on_transition(record: Transition) -> None:
+    def on_transition(record: TransitionRecord) -> None:
         if record.to_state is S.DISCONNECTED:
             holder[0].connect()  # an application that always wants to be connected
 
@@ -205,7 +205,7 @@ async def test_forced_close_does_not_raise_teardown_errors_into_the_application(
             await conn.wait_for_state(S.CONNECTED)
             await trio.testing.wait_all_tasks_blocked()  # a beat is in flight
             # What open_connection does when the close outlives close_timeout + 1 s:
-            conn._request_stop(S.CLOSED, "closed by the application")
-            conn._supervisor_scope.cancel()
+            conn._supervisor.request_stop(S.CLOSED, "closed by the application")
+            conn._supervisor.scope.cancel()
             await conn.wait_for_state(S.CLOSED)
         assert conn.state is S.CLOSED

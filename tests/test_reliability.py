@@ -20,7 +20,7 @@ from trio_conn import (
     ErrorKind,
     RetryPolicy,
     Session,
-    Transition,
+    TransitionRecord,
     open_connection,
 )
 from trio_conn.testing import open_fault_server
@@ -52,7 +52,7 @@ async def test_bad_urls_name_the_rule(url: str, match: str) -> None:
 async def test_garbage_handshake_is_a_classified_failure(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with open_fault_server() as server:
         server.garbage_next()
         async with open_connection(
@@ -72,7 +72,7 @@ async def test_garbage_handshake_is_a_classified_failure(
 async def test_oversized_message_closes_1009_and_reconnects(
     autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
 ) -> None:
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     config = ConnectionConfig(retry=NO_JITTER, max_message_size=1000)
     async with open_fault_server() as server:
         async with open_connection(
@@ -84,7 +84,7 @@ async def test_oversized_message_closes_1009_and_reconnects(
             await conn.wait_for_state(S.CONNECTED)
             await server.push("x" * 1000)  # exactly the limit is fine
             assert await conn.receive() == "x" * 1000
-        assert records[2].reason.startswith("unexpected_close: ConnectionClosed (close code 1009)")
+        assert records[2].reason.startswith("other: ConnectionClosed (close code 1009)")
         assert server.connections[0].close_code == 1009
 
 
@@ -99,7 +99,7 @@ async def test_on_connect_that_hangs_is_bounded_by_connect_timeout(
         if calls == 1:
             await trio.sleep_forever()
 
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     async with (
         open_fault_server() as server,
         open_connection(
@@ -203,7 +203,7 @@ async def test_stopped_process_is_detected_within_the_bound_and_recovers() -> No
         retry=RetryPolicy(jitter=0.0, backoff={ErrorKind.HEARTBEAT: fast, ErrorKind.NETWORK: fast}),
     )
     bound = 0.3 + 2 * max(0.3, 0.3)
-    records: list[Transition] = []
+    records: list[TransitionRecord] = []
     with trio.fail_after(REAL_TIME_BOUND):
         process, port = await _start_echo_server(0)
         try:

@@ -18,7 +18,8 @@ from trio_websocket import (
 )
 
 from trio_conn import ErrorKind, HeartbeatTimeout, classify
-from trio_conn._transport import check_headers, describe_failure, parse_url
+from trio_conn._failure import describe_failure
+from trio_conn._transport import check_headers, parse_url
 
 K = ErrorKind
 

@@ -1,19 +1,15 @@
 """trio_conn: keep one WebSocket connection alive under Trio, with an explicit state machine."""
 
 from ._config import ConnectionConfig
-from ._connection import (
-    ConnectionStatistics,
-    FailureInfo,
-    ManagedConnection,
-    Session,
-    open_connection,
-)
+from ._connection import ManagedConnection, open_connection
 from ._exceptions import HeartbeatTimeout, NotConnected, SendInterrupted, TrioConnError
+from ._failure import classify
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import configure_logging
 from ._policy import Backoff, ErrorKind, RetryPolicy
+from ._records import ConnectionStatistics, FailureInfo, RecoveryRecord, TransitionRecord
+from ._session import Session
 from ._state import TRANSITIONS, ConnectionState, InvalidTransition, StateMachine, Transition
-from ._transport import classify
 
 __all__ = [
     "TRANSITIONS",
@@ -30,11 +26,13 @@ __all__ = [
     "MessageHeartbeat",
     "NotConnected",
     "PingHeartbeat",
+    "RecoveryRecord",
     "RetryPolicy",
     "SendInterrupted",
     "Session",
     "StateMachine",
     "Transition",
+    "TransitionRecord",
     "TrioConnError",
     "classify",
     "configure_logging",

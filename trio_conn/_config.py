@@ -53,6 +53,9 @@ class ConnectionConfig:
     stable_after: float = 30.0
     #: Minimum seconds between two calls of the on_failed hook (0: no minimum).
     recovery_cooldown: float = 60.0
+    #: Seconds between probes while FAILED (spread upwards by the retry
+    #: jitter); None: stay FAILED until ``reset()`` or the hook refreshes.
+    failed_retry_interval: float | None = 300.0
     #: Backoff rows, jitter and which kinds of error are fatal.
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Messages buffered between the socket and the application.
@@ -71,6 +74,10 @@ class ConnectionConfig:
             _check_seconds(name, getattr(self, name), allow_zero=False)
         for name in _NON_NEGATIVE_SECONDS:
             _check_seconds(name, getattr(self, name), allow_zero=True)
+        if self.failed_retry_interval is not None:
+            _check_seconds(
+                "failed_retry_interval", self.failed_retry_interval, allow_zero=False, or_none=True
+            )
         for name in _COUNTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -82,13 +89,16 @@ class ConnectionConfig:
         object.__setattr__(self, "stuck_after", _check_stuck_after(self.stuck_after))
 
 
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
+def _check_seconds(name: str, value: object, *, allow_zero: bool, or_none: bool = False) -> None:
+    alternative = " or None" if or_none else ""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"ConnectionConfig.{name} must be a number of seconds, got {value!r}")
+        raise TypeError(
+            f"ConnectionConfig.{name} must be a number of seconds{alternative}, got {value!r}"
+        )
     rule = ">= 0" if allow_zero else "> 0"
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(
-            f"ConnectionConfig.{name} must be finite and {rule} seconds, got {value!r}"
+            f"ConnectionConfig.{name} must be finite and {rule} seconds{alternative}, got {value!r}"
         )
 
 

@@ -12,9 +12,10 @@ from typing import TextIO
 import trio
 
 from ._config import ConnectionConfig
-from ._connection import ConnectionStatistics, FailureInfo, ManagedConnection, open_connection
+from ._connection import ManagedConnection, open_connection
 from ._policy import Backoff, ErrorKind, RetryPolicy
-from ._state import ConnectionState, Transition
+from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
+from ._state import ConnectionState
 from .testing import FaultServer, open_fault_server
 
 S = ConnectionState
@@ -58,12 +59,10 @@ class Story:
         self.step += 1
         print(f"\n[{self.step}/{STEPS}] {text}", file=self.out, flush=True)
 
-    def on_transition(self, record: Transition) -> None:
+    def on_transition(self, record: TransitionRecord) -> None:
         line = f"-> {record.to_state} (after {record.duration:.1f} s {record.from_state})"
-        if record.to_state is S.RECONNECTING and self.conn is not None:
-            retry_at = self.conn.statistics().next_retry_at
-            if retry_at is not None:
-                line += f", next attempt in {retry_at - trio.current_time():.1f} s"
+        if record.retry_in is not None:
+            line += f", next attempt in {record.retry_in:.1f} s"
         self.say(f"{line}: {record.reason}")
         self.entered[record.to_state] += 1
         self._changed.set()

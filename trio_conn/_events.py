@@ -1,8 +1,8 @@
 """Library log events: one structlog event per fact, built from the record that caused it.
 
-Every transition event is built from the :class:`~trio_conn.Transition` that
-:meth:`StateMachine.transition <trio_conn.StateMachine.transition>` returned, so
-the reason and the duration in the log are the state machine's own.
+Every transition event is built from the :class:`~trio_conn.TransitionRecord`
+the lifecycle returned (the record ``on_transition`` receives too), so the
+reason, the duration and the failure in the log are the state machine's own.
 
 The module never configures structlog. Events go through
 ``structlog.get_logger("trio_conn")``, a lazy proxy that is resolved when an
@@ -26,13 +26,13 @@ import builtins
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import structlog
 
-from ._policy import ErrorKind
-from ._state import ConnectionState, Transition
+from ._records import RecoveryRecord, TransitionRecord
+from ._state import ConnectionState
 
 REDACTED = "REDACTED"
 
@@ -54,10 +54,6 @@ HOOK_FAILED = "connection.hook_failed"
 EVENT_NAMES = frozenset({STATE_CHANGED, HEARTBEAT_MISSED, STATE_STUCK, RECOVERY, HOOK_FAILED})
 
 _S = ConnectionState
-# DESIGN: failed -> error, reconnecting -> warning, connected -> info with
-# outcome "success", everything else -> info.
-_LEVEL_BY_TARGET = {_S.FAILED: "error", _S.RECONNECTING: "warning"}
-_OUTCOME_BY_TARGET = {_S.CONNECTED: "success", _S.RECONNECTING: "failure", _S.FAILED: "failure"}
 _PART_SEPARATORS = re.compile(r"[;,\s]+")
 # The fields that can carry text from outside (a reason given to disconnect(),
 # an exception's message, a hook's detail): scrubbed per event. conn_id and url
@@ -195,6 +191,7 @@ class ConnectionEvents:
         self._pattern: re.Pattern[str] | None = None
         self._probes: tuple[str, ...] = ()
         self._scrubbed: dict[str, str] = {}
+        self._logging_error_reported = False
         self._conn_id = conn_id
         self._url = redact_url(url)
         self.add_secrets(url_secrets(url))
@@ -249,6 +246,37 @@ class ConnectionEvents:
         self._url = pattern.sub(REDACTED, redact_url(self._raw_url))
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """Send one event down the logging path; an error there never reaches the caller.
+
+        Whatever the application's processors or the output stream raise is
+        reported once per connection on ``stderr`` (type and scrubbed
+        message), and the event is lost: the connection goes on.
+        """
+        try:
+            self._emit_unguarded(level, event, fields)
+        except Exception as exc:
+            self._logging_failed(exc)
+
+    def _logging_failed(self, error: Exception) -> None:
+        if self._logging_error_reported:
+            return
+        self._logging_error_reported = True
+        try:
+            message = error_message(error)
+            if self._pattern is not None:
+                message = self._scrub(message)
+            stream: TextIO | None = sys.stderr
+            if stream is not None:
+                stream.write(
+                    f"trio_conn: logging an event of connection {self._conn_id} failed "
+                    f"({error_type_name(type(error))}: {message}); the connection goes on, "
+                    "and later logging errors of this connection are not reported\n"
+                )
+                stream.flush()
+        except Exception:  # stderr itself is broken: nowhere left to say it
+            pass
+
+    def _emit_unguarded(self, level: str, event: str, fields: dict[str, Any]) -> None:
         if self._pattern is not None:
             scrubbed = self._scrubbed
             for key in _TEXT_FIELDS:
@@ -284,23 +312,14 @@ class ConnectionEvents:
             fields["error_type"] = error_type_name(type(error))
             fields["error_message"] = error_message(error)
 
-    def state_changed(
-        self,
-        record: Transition,
-        *,
-        consecutive_failures: int,
-        attempt: int,
-        kind: ErrorKind | None = None,
-        error: BaseException | None = None,
-        close_code: int | None = None,
-        status_code: int | None = None,
-        retry_in_s: float | None = None,
-    ) -> None:
+    def state_changed(self, record: TransitionRecord) -> None:
         """Emit ``connection.state_changed`` for ``record``.
 
-        Level: ``error`` into FAILED, ``warning`` into RECONNECTING, ``info``
-        otherwise; ``outcome`` is ``success`` into CONNECTED and ``failure``
-        into RECONNECTING or FAILED. Optional fields appear only when not None.
+        Level: ``error`` into FAILED; ``warning`` into RECONNECTING after a
+        failure; ``info`` otherwise (leaving FAILED after a refresh, a reset or
+        for a probe is good news). ``outcome``: ``success`` into CONNECTED,
+        ``failure`` on a move caused by a failure, absent otherwise. Optional
+        fields appear only when not None.
         """
         to_state = record.to_state
         # The StrEnum members themselves: every renderer writes them as their
@@ -311,23 +330,28 @@ class ConnectionEvents:
             "from_state": record.from_state,
             "to_state": to_state,
             "reason": record.reason,
-            "duration_s": record.duration,
-            "consecutive_failures": consecutive_failures,
-            "attempt": attempt,
+            "duration_s": round(record.duration, 6),
+            "consecutive_failures": record.consecutive_failures,
+            "attempt": record.attempt,
         }
+        level = "info"
+        kind = record.kind
         if kind is not None:
             fields["error_kind"] = kind
-        self._add_error(fields, error)
-        if close_code is not None:
-            fields["close_code"] = close_code
-        if status_code is not None:
-            fields["status_code"] = status_code
-        if retry_in_s is not None:
-            fields["retry_in_s"] = retry_in_s
-        outcome = _OUTCOME_BY_TARGET.get(to_state)
-        if outcome is not None:
-            fields["outcome"] = outcome
-        self._emit(_LEVEL_BY_TARGET.get(to_state, "info"), STATE_CHANGED, fields)
+            self._add_error(fields, record.error)
+            if record.close_code is not None:
+                fields["close_code"] = record.close_code
+            if record.status_code is not None:
+                fields["status_code"] = record.status_code
+            if record.retry_in is not None:
+                fields["retry_in_s"] = round(record.retry_in, 6)
+            fields["outcome"] = "failure"
+            level = "error" if to_state is _S.FAILED else "warning"
+        elif to_state is _S.CONNECTED:
+            fields["outcome"] = "success"
+        elif to_state is _S.FAILED:  # defensive: FAILED always follows a failure
+            level = "error"
+        self._emit(level, STATE_CHANGED, fields)
 
     def heartbeat_missed(self, *, misses: int, max_misses: int, timeout: float) -> None:
         """Emit ``connection.heartbeat_missed`` (warning): ``misses`` of ``max_misses``."""
@@ -351,32 +375,24 @@ class ConnectionEvents:
         }
         self._emit("warning", STATE_STUCK, fields)
 
-    def recovery(
-        self,
-        *,
-        outcome: str,
-        duration_s: float,
-        consecutive_failures: int,
-        error: BaseException | None = None,
-        detail: str | None = None,
-    ) -> None:
-        """Emit ``connection.recovery``: the on_failed hook was called.
+    def recovery(self, record: RecoveryRecord) -> None:
+        """Emit ``connection.recovery``: the on_failed hook answered.
 
-        ``info`` when ``outcome`` is ``"success"``, ``error`` otherwise.
-        ``detail`` says why it failed when there is no exception (e.g. the hook
-        returned a non-bool).
+        ``info`` with outcome ``success`` when it refreshed the credentials,
+        ``error`` with outcome ``failure`` otherwise; ``detail`` says why it
+        failed when there is no exception (e.g. the hook returned a non-bool).
         """
         fields: dict[str, Any] = {
             "conn_id": self._conn_id,
             "url": self._url,
-            "outcome": outcome,
-            "duration_s": duration_s,
-            "consecutive_failures": consecutive_failures,
+            "outcome": "success" if record.refreshed else "failure",
+            "duration_s": round(record.duration, 6),
+            "consecutive_failures": record.consecutive_failures,
         }
-        self._add_error(fields, error)
-        if detail is not None:
-            fields["detail"] = detail
-        self._emit("info" if outcome == "success" else "error", RECOVERY, fields)
+        self._add_error(fields, record.error)
+        if record.detail is not None:
+            fields["detail"] = record.detail
+        self._emit("info" if record.refreshed else "error", RECOVERY, fields)
 
     def hook_failed(self, *, hook: str, error: BaseException) -> None:
         """Emit ``connection.hook_failed`` (error): a user hook raised; it was ignored."""

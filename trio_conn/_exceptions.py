@@ -8,11 +8,23 @@ class TrioConnError(Exception):
 
 
 class NotConnected(TrioConnError):
-    """An operation needs the CONNECTED state and the connection is elsewhere."""
+    """An operation needs the CONNECTED state and the connection is elsewhere.
 
-    def __init__(self, state: str) -> None:
-        super().__init__(f"not connected: the connection is {state}")
+    :ivar state: the connection's state when the operation was refused
+        (``ConnectionState``, as str).
+    :ivar lost: True when the state was CONNECTED but the WebSocket
+        connection was lost during the operation: the connection is about to
+        reconnect, and the message was not sent.
+    """
+
+    def __init__(self, state: str, *, lost: bool = False) -> None:
+        if lost:
+            message = "not connected: the WebSocket connection was lost during the send"
+        else:
+            message = f"not connected: the connection is {state}"
+        super().__init__(message)
         self.state = state
+        self.lost = lost
 
 
 class SendInterrupted(TrioConnError):

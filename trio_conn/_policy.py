@@ -1,7 +1,17 @@
-"""Retry policy, sans-IO: what kind of error happened and how long to wait.
+"""Retry policy, sans-IO: what kind of failure happened and how long to wait.
 
-Nothing here imports Trio or trio-websocket; mapping real exceptions to an
-:class:`ErrorKind` is the transport's job (``trio_conn.classify``).
+Rules of the house:
+
+- A failure is classified by exception type, close code and HTTP status,
+  never by message text. Mapping real exceptions to :class:`FailureDetails`
+  is the driver's job (``trio_conn/_failure.py``); mapping a close code to
+  the kind it counts as is this module's (:attr:`RetryPolicy.close_codes`).
+- Jitter only ever shortens a backoff delay (``delay * (1 - jitter * U)``),
+  so it never exceeds the row's cap; a server's ``Retry-After`` and the wait
+  between probes while FAILED are only ever lengthened
+  (``R * (1 + jitter * U)``), so no client comes back before it was told to.
+
+Nothing here imports Trio.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ._exceptions import HeartbeatTimeout, leaves
+
 
 class ErrorKind(enum.StrEnum):
     """Why a connection attempt or session ended."""
@@ -20,7 +32,7 @@ class ErrorKind(enum.StrEnum):
     UNEXPECTED_CLOSE = "unexpected_close"  # an established connection dropped or was closed
     NETWORK = "network"  # refused, unreachable, DNS, handshake timeout
     REJECTED = "rejected"  # HTTP 401/403 at the handshake
-    THROTTLED = "throttled"  # HTTP 429/503 at the handshake
+    THROTTLED = "throttled"  # HTTP 429/503 at the handshake, close code 1013
     HEARTBEAT = "heartbeat"  # the peer missed too many heartbeats
     OTHER = "other"
 
@@ -41,11 +53,13 @@ class Backoff:
                 raise ValueError(f"Backoff.{name} must be finite and >= 0, got {value!r}")
 
     def delay(self, failures: int) -> float:
+        """``min(step * failures, cap)`` seconds."""
         return float(min(self.step * failures, self.cap))
 
 
-#: The seed's rows. Heartbeat and throttled-without-Retry-After use the network
-#: row; a rejection that is not fatal uses the "other" row.
+#: The rows: unexpected close 3n/15; network and heartbeat 10n/60 (two rows
+#: with equal defaults); throttled without Retry-After 10n/60; rejected (when
+#: not fatal) and other 5n/30.
 DEFAULT_BACKOFF: Mapping[ErrorKind, Backoff] = MappingProxyType(
     {
         ErrorKind.UNEXPECTED_CLOSE: Backoff(3.0, 15.0),
@@ -57,78 +71,235 @@ DEFAULT_BACKOFF: Mapping[ErrorKind, Backoff] = MappingProxyType(
     }
 )
 
+#: Close codes received after the handshake that count as something other
+#: than ``unexpected_close`` (RFC 6455 section 7.4.1 and the IANA "WebSocket
+#: Close Code Number Registry"). 1000 Normal Closure, 1001 Going Away, 1011
+#: Internal Error and 1012 Service Restart are absent: a server that goes away
+#: or restarts is the ordinary drop this library reconnects after.
+DEFAULT_CLOSE_CODES: Mapping[int, ErrorKind] = MappingProxyType(
+    {
+        1002: ErrorKind.OTHER,  # Protocol Error: one side is broken, retry slowly
+        1003: ErrorKind.OTHER,  # Unsupported Data
+        1007: ErrorKind.OTHER,  # Invalid frame payload data
+        1008: ErrorKind.OTHER,  # Policy Violation: too generic to be called a rejection
+        1009: ErrorKind.OTHER,  # Message Too Big
+        1010: ErrorKind.OTHER,  # Mandatory Extension
+        1013: ErrorKind.THROTTLED,  # Try Again Later
+        1014: ErrorKind.NETWORK,  # Bad Gateway: the server's upstream failed
+    }
+)
+
+#: Codes that RFC 6455 section 7.4.1 reserves and that no close frame carries
+#: (1005 no status, 1006 abnormal closure, 1015 TLS failure; 1004 reserved):
+#: they cannot be mapped.
+UNMAPPABLE_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDetails:
+    """What went wrong in one attempt or session, as the driver found it.
+
+    :param kind: the :class:`ErrorKind`; for a close frame the driver gives
+        ``unexpected_close`` and :meth:`RetryPolicy.resolve` applies
+        :attr:`RetryPolicy.close_codes`.
+    :param error: the exception that explains the end.
+    :param close_code: the close code that ended the session, whichever side
+        sent it (1006 when the stream just ended); None before the handshake.
+    :param status_code: the HTTP status of a rejected handshake, else None.
+    :param retry_after: seconds from the rejection's ``Retry-After`` header
+        (429 and 503 only), else None.
+    """
+
+    kind: ErrorKind
+    error: BaseException
+    close_code: int | None = None
+    status_code: int | None = None
+    retry_after: float | None = None
+
+    @property
+    def summary(self) -> str:
+        """``kind: ExceptionType``, for statistics."""
+        return f"{self.kind}: {type(self.error).__name__}"
+
+    def reason(self, phase: str) -> str:
+        """A reason for the log: kind, exception type, code or status, then ``phase``.
+
+        Never the exception's message text (it may carry a secret).
+        """
+        text = f"{self.kind}: {_type_name(self.error)}"
+        if self.close_code is not None:
+            text += f" (close code {self.close_code})"
+        if self.status_code is not None:
+            text += f" (HTTP {self.status_code})"
+        if isinstance(self.error, HeartbeatTimeout):
+            text += f" ({self.error.misses} missed)"
+        return f"{text} {phase}"
+
+
+def _type_name(error: BaseException) -> str:
+    """The exception's type name; for the bare OSError that stands for several
+    connection attempts (e.g. trio's "all attempts to connect failed"), the
+    type of the attempts' errors when they agree (e.g. ConnectionRefusedError)."""
+    if type(error) is OSError and error.__cause__ is not None:
+        causes = {type(leaf) for leaf in leaves(error.__cause__)}
+        if len(causes) == 1:
+            (cause,) = causes
+            if issubclass(cause, OSError):
+                return cause.__name__
+    return type(error).__name__
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"RetryPolicy.{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _check_close_codes(value: object) -> Mapping[int, ErrorKind]:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"RetryPolicy.close_codes must be a mapping of close code to ErrorKind, got {value!r}"
+        )
+    checked: dict[int, ErrorKind] = {}
+    for code, kind in value.items():
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"RetryPolicy.close_codes keys must be int close codes, got {code!r}")
+        if not 1000 <= code <= 4999 or code in UNMAPPABLE_CLOSE_CODES:
+            raise ValueError(
+                f"RetryPolicy.close_codes key {code!r} is not a close code a close frame "
+                "can carry (1000-4999, except 1004, 1005, 1006 and 1015: RFC 6455 "
+                "section 7.4.1)"
+            )
+        checked[code] = _check_kind(f"close_codes[{code}]", kind)
+    return MappingProxyType({**DEFAULT_CLOSE_CODES, **checked})
+
+
+def _check_kind(name: str, value: object) -> ErrorKind:
+    try:
+        return ErrorKind(value)  # type: ignore[arg-type]  # checked here
+    except ValueError:
+        raise ValueError(
+            f"RetryPolicy.{name} must be an ErrorKind ({', '.join(ErrorKind)}), got {value!r}"
+        ) from None
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How long to wait before the next attempt, by kind of error.
+    """How long to wait before the next attempt, by kind of failure.
 
-    :param jitter: ratio in ``[0, 1]``; the delay becomes
-        ``delay * (1 - jitter * U(0, 1))``, so jitter never exceeds the cap.
-    :param fatal: kinds that go to FAILED at once instead of retrying.
+    :param jitter: ratio in ``[0, 1]`` (default 0.2). A backoff delay becomes
+        ``delay * (1 - jitter * U(0, 1))`` (never above its cap); a
+        ``Retry-After`` and the wait between probes while FAILED become
+        ``R * (1 + jitter * U(0, 1))`` (never below what was asked).
+    :param fatal: kinds that go to FAILED at once instead of retrying
+        (default: ``rejected``).
     :param backoff: one :class:`Backoff` row per :class:`ErrorKind`; rows not
-        given fall back to :data:`DEFAULT_BACKOFF`.
-    :param max_retry_after: cap, in seconds, on a server's ``Retry-After``.
+        given keep :data:`DEFAULT_BACKOFF`.
+    :param close_codes: close code (received after the handshake) -> the kind
+        it counts as, merged over :data:`DEFAULT_CLOSE_CODES`; a code absent
+        from both is ``unexpected_close``. Map an application's "token
+        expired" code to ``rejected`` to reach FAILED and ``on_failed`` at its
+        first occurrence: ``close_codes={4401: ErrorKind.REJECTED}``.
+    :param max_retry_after: cap, in seconds, on a server's spread
+        ``Retry-After`` (default 300).
     :param random: source of ``U(0, 1)``, injectable for tests.
+    :raises TypeError, ValueError: a field breaks its rule; the message names
+        the field, the value and the rule.
     """
 
     jitter: float = 0.2
     fatal: frozenset[ErrorKind] = frozenset({ErrorKind.REJECTED})
     backoff: Mapping[ErrorKind, Backoff] = field(default_factory=lambda: DEFAULT_BACKOFF)
+    close_codes: Mapping[int, ErrorKind] = field(default_factory=lambda: DEFAULT_CLOSE_CODES)
     max_retry_after: float = 300.0
     random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float):
-            raise TypeError(f"RetryPolicy.jitter must be a number, got {self.jitter!r}")
-        if not 0.0 <= self.jitter <= 1.0:
+        jitter = _check_number("jitter", self.jitter)
+        if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"RetryPolicy.jitter must be between 0 and 1, got {self.jitter!r}")
-        fatal = frozenset(ErrorKind(kind) for kind in self.fatal)
+        if isinstance(self.fatal, str) or not isinstance(self.fatal, frozenset | set | tuple):
+            raise TypeError(
+                f"RetryPolicy.fatal must be a frozenset of ErrorKind, got {self.fatal!r}"
+            )
+        fatal = frozenset(_check_kind("fatal", kind) for kind in self.fatal)
+        if not isinstance(self.backoff, Mapping):
+            raise TypeError(f"RetryPolicy.backoff must be a mapping, got {self.backoff!r}")
         unknown = [kind for kind in self.backoff if not isinstance(kind, ErrorKind)]
         if unknown:
             raise ValueError(f"RetryPolicy.backoff keys must be ErrorKind members, got {unknown!r}")
         for kind, row in self.backoff.items():
             if not isinstance(row, Backoff):
                 raise TypeError(f"RetryPolicy.backoff[{kind}] must be a Backoff, got {row!r}")
-        backoff = MappingProxyType({**DEFAULT_BACKOFF, **self.backoff})
-        if isinstance(self.max_retry_after, bool) or not isinstance(
-            self.max_retry_after, int | float
-        ):
-            raise TypeError(
-                f"RetryPolicy.max_retry_after must be seconds, got {self.max_retry_after!r}"
-            )
-        if not (math.isfinite(self.max_retry_after) and self.max_retry_after >= 0):
+        max_retry_after = _check_number("max_retry_after", self.max_retry_after)
+        if not (math.isfinite(max_retry_after) and max_retry_after >= 0):
             raise ValueError(
                 f"RetryPolicy.max_retry_after must be finite and >= 0, got {self.max_retry_after!r}"
             )
         if not callable(self.random):
             raise TypeError(f"RetryPolicy.random must be callable, got {self.random!r}")
         object.__setattr__(self, "fatal", fatal)
-        object.__setattr__(self, "backoff", backoff)
+        object.__setattr__(self, "backoff", MappingProxyType({**DEFAULT_BACKOFF, **self.backoff}))
+        object.__setattr__(self, "close_codes", _check_close_codes(self.close_codes))
 
     def is_fatal(self, kind: ErrorKind) -> bool:
         """Whether ``kind`` goes straight to FAILED."""
         return kind in self.fatal
 
+    def resolve(self, failure: FailureDetails) -> FailureDetails:
+        """``failure`` with the kind its close code counts as (:attr:`close_codes`).
+
+        A failure without a close code is returned as it is.
+        """
+        code = failure.close_code
+        if code is None:
+            return failure
+        kind = self.close_codes.get(code, ErrorKind.UNEXPECTED_CLOSE)
+        if kind is failure.kind:
+            return failure
+        return FailureDetails(kind, failure.error, code, failure.status_code, failure.retry_after)
+
     def delay(self, kind: ErrorKind, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait before the next attempt after ``failures`` consecutive failures.
 
+        ``failures`` counts failures of any kind; ``kind`` picks the row.
         ``retry_after`` (the server's ``Retry-After``, in seconds) counts for
-        :attr:`ErrorKind.THROTTLED` only: it is used as given, capped at
-        ``max_retry_after`` and never jittered. Every other delay comes from
-        the kind's backoff row, then jitter.
+        :attr:`ErrorKind.THROTTLED` only: it is spread upwards by jitter, then
+        capped at ``max_retry_after``. Every other delay comes from the kind's
+        backoff row, shortened by jitter.
 
-        :raises ValueError: ``failures`` is below 1.
+        :raises ValueError: ``failures`` is not an int >= 1, or ``random``
+            returned a value outside ``[0, 1]``.
         """
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
             raise ValueError(f"failures must be an int >= 1, got {failures!r}")
         if kind is ErrorKind.THROTTLED and retry_after is not None and retry_after >= 0:
-            return float(min(retry_after, self.max_retry_after))
+            return min(self.spread(retry_after), self.max_retry_after)
         base = self.backoff[ErrorKind(kind)].delay(failures)
         if self.jitter:
-            sample = self.random()
-            if not 0.0 <= sample <= 1.0:
-                raise ValueError(
-                    f"RetryPolicy.random must return a value in [0, 1], got {sample!r}"
-                )
-            base *= 1.0 - self.jitter * sample
+            base *= 1.0 - self.jitter * self._sample()
         return base
+
+    def probe_delay(self, interval: float, retry_after: float | None = None) -> float:
+        """Seconds to wait in FAILED before probing again.
+
+        ``max(interval, retry_after)`` (the server's ``Retry-After`` capped at
+        ``max_retry_after``), spread upwards by jitter: never shorter than
+        ``interval``.
+        """
+        wait = interval
+        if retry_after is not None and retry_after >= 0:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        return self.spread(wait)
+
+    def spread(self, seconds: float) -> float:
+        """``seconds * (1 + jitter * U(0, 1))``: a wait lengthened, never shortened."""
+        if not self.jitter:
+            return float(seconds)
+        return seconds * (1.0 + self.jitter * self._sample())
+
+    def _sample(self) -> float:
+        sample = self.random()
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"RetryPolicy.random must return a value in [0, 1], got {sample!r}")
+        return sample

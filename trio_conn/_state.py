@@ -99,17 +99,23 @@ class StateMachine:
         """Clock reading when the current state was entered."""
         return self._entered_at
 
-    def time_in_state(self) -> float:
-        """Seconds spent in the current state so far."""
-        return self._elapsed_since(self._entered_at)
+    def time_in_state(self, now: float | None = None) -> float:
+        """Seconds spent in the current state so far.
 
-    def time_by_state(self) -> dict[ConnectionState, float]:
+        :param now: the clock reading to measure to; None reads the clock.
+        :raises ValueError: ``now`` is earlier than the current state's entry.
+        """
+        return self._elapsed_since(self._entered_at, now)
+
+    def time_by_state(self, now: float | None = None) -> dict[ConnectionState, float]:
         """Seconds spent in each state, the current stay included (a new dict).
 
         The values add up to the time elapsed since the machine was created.
+
+        :param now: the clock reading to measure to; None reads the clock.
         """
         totals = dict(self._time_by_state)
-        totals[self._state] += self.time_in_state()
+        totals[self._state] += self.time_in_state(now)
         return totals
 
     def transition_counts(self) -> dict[tuple[ConnectionState, ConnectionState], int]:

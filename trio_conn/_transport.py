@@ -1,16 +1,13 @@
-"""Everything that knows trio-websocket: URL parsing, opening, I/O, closing, classify().
+"""Everything that knows trio-websocket's connection: URL parsing, opening, I/O, closing.
 
-The rest of the library talks to :class:`Socket` and :func:`describe_failure`
-only, so another transport could be added beside this module.
+The rest of the library talks to :class:`Socket`; what its exceptions mean
+is ``trio_conn/_failure.py``'s.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
 import re
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -19,16 +16,7 @@ from urllib.parse import urlsplit
 import trio
 import wsproto
 import wsproto.events
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-)
-
-from ._exceptions import HeartbeatTimeout, leaves
-from ._policy import ErrorKind
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 #: ``async (host, port) -> trio.abc.Stream``: how a Socket gets its byte stream.
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
@@ -36,8 +24,6 @@ Message = str | bytes
 #: ``async (message) -> None``: where a Socket delivers messages once told to.
 MessageSink = Callable[[Message], Awaitable[None]]
 
-_REJECTED_STATUSES = frozenset({401, 403})
-_THROTTLED_STATUSES = frozenset({429, 503})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -318,119 +304,3 @@ class Socket:
         if self._stream is not None:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
-
-
-@dataclass(frozen=True, slots=True)
-class FailureDetails:
-    """What :func:`describe_failure` found in an exception."""
-
-    kind: ErrorKind
-    error: BaseException
-    close_code: int | None = None
-    status_code: int | None = None
-    retry_after: float | None = None
-
-    @property
-    def summary(self) -> str:
-        """``kind: ExceptionType``, for statistics."""
-        return f"{self.kind}: {type(self.error).__name__}"
-
-    def reason(self, phase: str) -> str:
-        """A reason for the log: kind, exception type, code or status, where. No message text."""
-        text = f"{self.kind}: {_type_name(self.error)}"
-        if self.close_code is not None:
-            text += f" (close code {self.close_code})"
-        if self.status_code is not None:
-            text += f" (HTTP {self.status_code})"
-        if isinstance(self.error, HeartbeatTimeout):
-            text += f" ({self.error.misses} missed)"
-        return f"{text} {phase}"
-
-
-def _type_name(error: BaseException) -> str:
-    """The exception's type name; for trio's bare "all attempts to connect failed"
-    OSError, the type of the attempts' errors (e.g. ConnectionRefusedError)."""
-    if type(error) is OSError and error.__cause__ is not None:
-        causes = {type(leaf) for leaf in leaves(error.__cause__)}
-        if len(causes) == 1:
-            (cause,) = causes
-            if issubclass(cause, OSError):
-                return cause.__name__
-    return type(error).__name__
-
-
-def primary_error(error: BaseException) -> BaseException:
-    """The one exception that explains a session's end, out of nested groups.
-
-    A rejection wins (it explains the Cancelled around it); otherwise the
-    first leaf that is not ``trio.Cancelled``.
-    """
-    found = leaves(error)
-    for leaf in found:
-        if isinstance(leaf, ConnectionRejected):
-            return leaf
-    for leaf in found:
-        if not isinstance(leaf, trio.Cancelled):
-            return leaf
-    return found[0]
-
-
-def classify(exc: BaseException) -> ErrorKind:
-    """The :class:`ErrorKind` of an exception, from its type, close code or HTTP status.
-
-    Never from message text. Exception groups are classified by their
-    :func:`primary_error`.
-    """
-    return describe_failure(exc).kind
-
-
-def describe_failure(exc: BaseException) -> FailureDetails:
-    """Classify ``exc`` and pull out its close code, HTTP status and Retry-After."""
-    error = primary_error(exc)
-    if isinstance(error, ConnectionRejected):
-        status = error.status_code
-        retry_after = _retry_after(error.headers) if status in _THROTTLED_STATUSES else None
-        if status in _REJECTED_STATUSES:
-            kind = ErrorKind.REJECTED
-        elif status in _THROTTLED_STATUSES:
-            kind = ErrorKind.THROTTLED
-        else:
-            kind = ErrorKind.OTHER
-        return FailureDetails(kind, error, status_code=status, retry_after=retry_after)
-    if isinstance(error, ConnectionClosed):
-        code = int(error.reason.code) if error.reason is not None else None
-        return FailureDetails(ErrorKind.UNEXPECTED_CLOSE, error, close_code=code)
-    if isinstance(error, HeartbeatTimeout):
-        return FailureDetails(ErrorKind.HEARTBEAT, error)
-    if isinstance(error, trio.TooSlowError | ConnectionTimeout | TimeoutError):
-        return FailureDetails(ErrorKind.NETWORK, error)
-    if isinstance(error, HandshakeError) and isinstance(error.__cause__, OSError):
-        return FailureDetails(ErrorKind.NETWORK, error)
-    if isinstance(error, trio.BrokenResourceError):
-        # A TLS failure (bad certificate) will not heal by itself; a broken
-        # TCP stream is a network error.
-        cause = error.__cause__
-        kind = ErrorKind.OTHER if isinstance(cause, ssl.SSLError) else ErrorKind.NETWORK
-        return FailureDetails(kind, error)
-    if isinstance(error, ssl.SSLError):
-        return FailureDetails(ErrorKind.OTHER, error)
-    if isinstance(error, OSError):  # refused, unreachable, reset, DNS (socket.gaierror)
-        return FailureDetails(ErrorKind.NETWORK, error)
-    return FailureDetails(ErrorKind.OTHER, error)
-
-
-def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date. None if absent or bad."""
-    for name, raw in headers:
-        if name.lower() != b"retry-after":
-            continue
-        value = raw.decode("latin-1").strip()
-        if value.isascii() and value.isdigit():  # not "²": str.isdigit() alone admits it
-            return float(value)
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    return None

@@ -19,11 +19,12 @@ from typing import Any, TextIO
 import trio
 
 from ._config import ConnectionConfig
-from ._connection import Session, open_connection
+from ._connection import open_connection
 from ._events import redact_url
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
 from ._report import build_report, render_text
+from ._session import Session
 from ._transport import Message, parse_url
 
 EXIT_USAGE = 2

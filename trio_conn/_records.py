@@ -1,0 +1,129 @@
+"""The values the lifecycle hands out: records for observers, what hooks see, statistics.
+
+Every observer of a connection (the log events, ``on_transition``, metrics)
+is fed from these records, built once by ``trio_conn/_lifecycle.py``: what a
+log line says and what a hook receives cannot disagree. Nothing here imports
+Trio. Clock readings are seconds on the driver's clock (``trio.current_time()``
+under a Trio run: monotonic, virtual under a ``MockClock``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._policy import ErrorKind
+from ._state import ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One state change with its context: what ``on_transition`` receives.
+
+    The first five fields are :class:`~trio_conn.Transition`'s. The failure
+    fields are set on moves caused by a failure (into RECONNECTING or FAILED)
+    and None elsewhere.
+    """
+
+    #: The state left.
+    from_state: ConnectionState
+    #: The state entered.
+    to_state: ConnectionState
+    #: Why, in words (no secret: exception messages never appear here).
+    reason: str
+    #: Clock reading (seconds, ``trio.current_time()``) of the change.
+    at: float
+    #: Seconds spent in ``from_state``.
+    duration: float
+    #: Number of the current (or last) connection attempt, from 1; 0 before any.
+    attempt: int
+    #: Consecutive failures of any kind, after this change (at most
+    #: ``max_connection_failures``).
+    consecutive_failures: int
+    #: The failure's :class:`ErrorKind`, after ``RetryPolicy.close_codes``.
+    kind: ErrorKind | None = None
+    #: The exception that ended the attempt or session.
+    error: BaseException | None = None
+    #: The close code that ended the session, whichever side sent it (1006:
+    #: the stream just ended; 1009: the client closed for an oversized message).
+    close_code: int | None = None
+    #: HTTP status of a rejected handshake.
+    status_code: int | None = None
+    #: Seconds slept in RECONNECTING before the next attempt; None on a move
+    #: to FAILED and on any move without a sleep.
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRecord:
+    """The ``on_failed`` hook answered (or failed to): one ``connection.recovery`` event."""
+
+    #: Clock reading (seconds) when the hook returned.
+    at: float
+    #: Seconds the hook ran.
+    duration: float
+    #: True when the hook returned True in time: credentials refreshed.
+    refreshed: bool
+    #: Consecutive failures when the hook was called.
+    consecutive_failures: int
+    #: What the hook raised (``trio.TooSlowError`` past ``connect_timeout``).
+    error: BaseException | None = None
+    #: Why it counts as a failure when there is no exception (e.g. a non-bool).
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInfo:
+    """Given to ``on_failed``: why the connection is FAILED."""
+
+    #: Consecutive failures of any kind (1 after a fatal one).
+    consecutive_failures: int
+    #: The last failure's :class:`ErrorKind` (after ``RetryPolicy.close_codes``).
+    kind: ErrorKind
+    #: The last failure's exception.
+    error: BaseException | None
+    #: The close code that ended the last session, if it was closed or dropped.
+    close_code: int | None = None
+    #: The HTTP status of the last rejected handshake, if it was rejected.
+    status_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """An immutable snapshot of a connection's figures.
+
+    Clock readings (``state_since``, ``next_retry_at``, ``connected_since``)
+    are ``trio.current_time()`` values, not wall-clock times; the other
+    times are durations in seconds.
+    """
+
+    #: The current state.
+    state: ConnectionState
+    #: Clock reading when the current state was entered.
+    state_since: float
+    #: Seconds in the current state so far.
+    time_in_state: float
+    #: Connection attempts started (moves into CONNECTING).
+    attempts: int
+    #: Consecutive failures of any kind, as of now: 0 once CONNECTED has
+    #: lasted ``stable_after`` seconds.
+    consecutive_failures: int
+    #: Every failure since the connection was opened.
+    total_failures: int
+    #: How many times each ``(from, to)`` edge was taken.
+    transitions: Mapping[tuple[ConnectionState, ConnectionState], int]
+    #: Seconds spent in each state, the current stay included.
+    time_by_state: Mapping[ConnectionState, float]
+    #: ``kind: ExceptionType`` of the last failure (no message text).
+    last_error: str | None
+    #: The last failure's kind.
+    last_error_kind: ErrorKind | None
+    #: The close code of the last failure; None when it had none.
+    last_close_code: int | None
+    #: Round trip of the last answered heartbeat, in seconds.
+    heartbeat_rtt: float | None
+    #: Clock reading when the next attempt is due: the end of the backoff in
+    #: RECONNECTING, the next probe in FAILED; None otherwise.
+    next_retry_at: float | None
+    #: Clock reading when the current CONNECTED stay began; None unless CONNECTED.
+    connected_since: float | None

@@ -1,0 +1,245 @@
+"""The supervisor: carries out what the lifecycle decides, and publishes its records.
+
+The only task that talks to the :class:`~trio_conn._lifecycle.Lifecycle`. Its
+loop, in one screen::
+
+    while True:
+        step = lifecycle.next_action(now)   # carries out requests, due timers
+        publish(step.records)               # log events, on_transition, waiters
+        Connect  -> run_session(...)        # CONNECTED is published from inside,
+                    lifecycle.session_ended  #   by opened(); the end is returned
+        Wait     -> sleep until the deadline or the next request
+        CallHook -> on_failed(info), bounded by connect_timeout;
+                    lifecycle.hook_answered
+        Finish   -> return                  # CLOSED
+
+It runs in ``open_connection``'s nursery, beside the stuck-state watchdogs it
+starts (one per stay in a watched state)::
+
+    open_connection's nursery
+    ├── supervisor          shielded; ends at CLOSED
+    │   └── session nursery (trio_conn/_session.py), one at a time
+    └── stuck watchdog      one per CONNECTING/RECONNECTING stay, ends with it
+
+Observers never harm the connection: the logging path reports its own errors
+once per connection (trio_conn/_events.py) and an ``on_transition`` that
+raises is logged as ``connection.hook_failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ._events import ConnectionEvents
+from ._lifecycle import CallHook, Connect, Finish, Lifecycle, Record, Wait
+from ._mailbox import Mailbox
+from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
+from ._session import Control, SessionSpec, run_session
+from ._state import ConnectionState
+from ._transport import Message
+
+S = ConnectionState
+OnFailed = Callable[[FailureInfo], Awaitable[bool]]
+OnTransition = Callable[[TransitionRecord], None]
+
+
+class Supervisor:
+    """Runs one connection's life; other tasks reach it through its ``request_*`` methods."""
+
+    __slots__ = (
+        "_entered",
+        "_events",
+        "_life",
+        "_nursery",
+        "_on_failed",
+        "_on_transition",
+        "_seq",
+        "_spec",
+        "control",
+        "mailbox",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        spec: SessionSpec,
+        events: ConnectionEvents,
+        *,
+        on_failed: OnFailed | None,
+        on_transition: OnTransition | None,
+    ) -> None:
+        self._spec = spec
+        self._events = events
+        self._on_failed = on_failed
+        self._on_transition = on_transition
+        self._life = Lifecycle(spec.config, now=trio.current_time(), has_hook=on_failed is not None)
+        self._nursery: trio.Nursery | None = None
+        # Set when a state is next entered; made only for states waited for.
+        self._entered: dict[ConnectionState, trio.Event] = {}
+        self._seq = 0  # transitions published: tells one stay from the next
+        #: Shared with the sessions: stop flag, wake-ups, the live connection.
+        self.control = Control()
+        #: The receive buffer, across sessions; closed at CLOSED.
+        self.mailbox: Mailbox[Message] = Mailbox(spec.config.receive_buffer)
+        #: Shielded: an outside cancellation must not cut the graceful close
+        #: short; open_connection cancels it once the close had its bound.
+        self.scope = trio.CancelScope(shield=True)
+
+    # -- for the public face -----------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._life.state
+
+    @property
+    def url(self) -> str:
+        """The URL as the events show it (redacted)."""
+        return self._events.url
+
+    @property
+    def closing(self) -> bool:
+        """CLOSED, or a close is pending."""
+        return self._life.closing
+
+    @property
+    def at_rest_disconnected(self) -> bool:
+        """DISCONNECTED with no stop pending, or CLOSED."""
+        life = self._life
+        return life.state is S.CLOSED or (life.state is S.DISCONNECTED and not life.stop_pending)
+
+    def entry(self, state: ConnectionState) -> trio.Event:
+        """The event set when ``state`` is next entered."""
+        event = self._entered.get(state)
+        if event is None:
+            event = self._entered[state] = trio.Event()
+        return event
+
+    def request_connect(self) -> None:
+        if self._life.request_connect():
+            self.control.notify()
+
+    def request_stop(self, target: ConnectionState, reason: str) -> None:
+        if self._life.request_stop(target, reason):
+            self.control.stop()
+
+    def request_reset(self, reason: str) -> bool:
+        accepted = self._life.request_reset(reason)
+        if accepted:
+            self.control.notify()
+        return accepted
+
+    def statistics(self) -> ConnectionStatistics:
+        return self._life.statistics(
+            trio.current_time(), heartbeat_rtt=self.control.heartbeat_rtt()
+        )
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Carry out the lifecycle's actions until CLOSED; watchdogs go in ``nursery``."""
+        self._nursery = nursery
+        life, control = self._life, self.control
+        try:
+            with self.scope:
+                while True:
+                    step = life.next_action(trio.current_time())
+                    if control.stopping and not life.stop_pending:
+                        control.stopping = False
+                        control.notify()  # disconnect() waits for its stop to be carried out
+                    self._publish(step.records)
+                    action = step.action
+                    if isinstance(action, Connect):
+                        end = await run_session(
+                            self._spec, control, self.mailbox, self._events, self._opened
+                        )
+                        now = trio.current_time()
+                        self._publish(life.session_ended(now, end.failure, end.phase))
+                    elif isinstance(action, Wait):
+                        if step.records:
+                            # on_transition may have called connect(): ask again
+                            # rather than sleep through it.
+                            continue
+                        with trio.move_on_at(action.until):
+                            await control.wait_changed()
+                    elif isinstance(action, CallHook):
+                        await self._call_hook(action.info)
+                    elif isinstance(action, Finish):
+                        return
+        finally:
+            # Cancelled (the close outlived its bound) or crashed: the
+            # connection still ends CLOSED, and receive() still ends.
+            if life.state is not S.CLOSED:
+                self._publish(life.close_now(trio.current_time(), "supervisor ended"))
+
+    def _opened(self) -> None:
+        self._publish(self._life.connected(trio.current_time()))
+
+    async def _call_hook(self, info: FailureInfo) -> None:
+        """Call ``on_failed``, bounded by ``connect_timeout``; a stop interrupts it."""
+        assert self._on_failed is not None
+        timeout = self._spec.config.connect_timeout
+        started = trio.current_time()
+        error: BaseException | None = None
+        detail: str | None = None
+        result: object = False
+        with self.control.interruptible() as scope:
+            try:
+                with trio.fail_after(timeout):
+                    result = await self._on_failed(info)
+            except trio.TooSlowError as exc:
+                error, detail = exc, f"on_failed took over {timeout:g} s"
+            except Exception as exc:
+                error = exc
+        if scope.cancelled_caught:
+            return  # a stop: the next action carries it out
+        if error is None and not isinstance(result, bool):
+            detail = f"on_failed returned {type(result).__name__}, not bool"
+        refreshed = error is None and result is True
+        self._publish(
+            self._life.hook_answered(
+                trio.current_time(),
+                started_at=started,
+                refreshed=refreshed,
+                error=error,
+                detail=detail,
+            )
+        )
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _publish(self, records: tuple[Record, ...]) -> None:
+        """Hand each record to every observer, in order. Nothing here can raise."""
+        for record in records:
+            if not isinstance(record, TransitionRecord):
+                self._events.recovery(record)
+                continue
+            self._seq += 1
+            to_state = record.to_state
+            self._events.state_changed(record)
+            entered = self._entered.pop(to_state, None)
+            if entered is not None:
+                entered.set()
+            if to_state is S.CLOSED:
+                self.mailbox.close()
+            limit = self._spec.config.stuck_after.get(to_state)
+            if limit is not None and self._nursery is not None:
+                self._nursery.start_soon(self._watch_stay, self._seq, to_state, limit)
+            self.control.notify()
+            if self._on_transition is not None:
+                try:
+                    self._on_transition(record)
+                except Exception as exc:
+                    self._events.hook_failed(hook="on_transition", error=exc)
+
+    async def _watch_stay(self, seq: int, state: ConnectionState, limit: float) -> None:
+        """Emit connection.state_stuck if the stay that transition ``seq`` began
+        lasts longer than ``limit`` seconds."""
+        machine = self._life.machine
+        with trio.move_on_at(machine.entered_at + limit):
+            while self._seq == seq:
+                await self.control.wait_changed()
+            return
+        seconds = machine.time_in_state(trio.current_time())
+        self._events.state_stuck(state=state, seconds=seconds, limit=limit)
