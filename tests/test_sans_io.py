@@ -41,7 +41,10 @@ def sans_io_closure(module: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("module", ["trio_conn._state", "trio_conn._policy"])
+@pytest.mark.parametrize(
+    "module",
+    ["trio_conn._state", "trio_conn._policy", "trio_conn._lifecycle", "trio_conn._records"],
+)
 def test_core_imports_no_io_library(module: str) -> None:
     for name in sans_io_closure(module):
         path = PACKAGE / (name.removeprefix("trio_conn.") + ".py")
