@@ -19,7 +19,7 @@ import trio
 
 from ._config import ConnectionConfig
 from ._events import ConnectionEvents, redact_url
-from ._exceptions import NotConnected, leaves
+from ._exceptions import NotConnected, SendInterrupted, leaves
 from ._failure import describe_failure
 from ._heartbeat import Heartbeat, PingHeartbeat
 from ._policy import ErrorKind
@@ -93,9 +93,12 @@ class ManagedConnection:
             ssl_context=ssl_context,
             open_stream=open_stream or open_tcp,
         )
+        events = ConnectionEvents(self.name, url)
+        if headers is not None and not callable(headers):
+            events.add_secrets(value for _, value in headers)  # known now: hidden from the start
         self._supervisor = Supervisor(
             spec,
-            ConnectionEvents(self.name, url),
+            events,
             on_failed=on_failed,
             on_transition=on_transition,
         )
@@ -149,12 +152,19 @@ class ManagedConnection:
         except trio.Cancelled:
             # Cut short, the write may have left part of a frame on the wire:
             # the peer would read what follows as garbage. End this session.
-            socket.broken = True
+            if socket.send_error is None:
+                socket.send_error = SendInterrupted(
+                    "a send was cancelled mid-message; the WebSocket connection was dropped"
+                )
             control.notify()
             raise
         except Exception as exc:
-            # The session sees the same failure and handles it; the caller
-            # only needs to know this message was not sent.
+            # The connection is unusable: the session ends with this error
+            # (its reader may not notice a broken write by itself); the
+            # caller only needs to know this message was not sent.
+            if socket.send_error is None:
+                socket.send_error = exc
+            control.notify()
             if describe_failure(exc).kind is ErrorKind.UNEXPECTED_CLOSE:
                 raise NotConnected(self.state, lost=True) from exc
             raise

@@ -27,7 +27,6 @@ import trio
 
 from ._config import ConnectionConfig
 from ._events import ConnectionEvents
-from ._exceptions import SendInterrupted
 from ._failure import describe_failure
 from ._heartbeat import Heartbeat, HeartbeatMonitor
 from ._mailbox import Mailbox
@@ -253,12 +252,12 @@ class _Live:
             )
             heartbeat_scope = await nursery.start(_run_heartbeat, self._monitor, socket, nursery)
         await socket.deliver_to(self._deliver)
-        while not control.stopping and not socket.broken and not socket.closed:
+        while not control.stopping and socket.send_error is None and not socket.closed:
             await control.wait_changed()
         if heartbeat_scope is not None:
             heartbeat_scope.cancel()
-        if socket.broken:
-            raise SendInterrupted("a send was cancelled mid-message; the socket was dropped")
+        if socket.send_error is not None:
+            raise socket.send_error
         if not control.stopping:
             socket.raise_closed()
         with trio.move_on_after(config.close_timeout, shield=True):

@@ -174,8 +174,10 @@ class Socket:
         self._ws: WebSocketConnection | None = None
         self._inbox: _Inbox | None = None
         self._ping_counter = 0
-        #: Set when a send was cut short: the stream may hold half a frame.
-        self.broken = False
+        #: Why the application's send made this connection unusable: a
+        #: SendInterrupted (cut short: the stream may hold half a frame) or
+        #: what the send raised. The session ends with it.
+        self.send_error: BaseException | None = None
 
     async def open(
         self,

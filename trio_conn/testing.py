@@ -80,8 +80,9 @@ class FaultServer:
       a recognised message is never echoed, and is answered with
       ``heartbeat_reply(message)`` when ``answer_heartbeats`` is True.
     - ``close_after`` (None): seconds after which each accepted connection is
-      dropped (``close_after_abrupt``, default) or closed with code 1000:
-      a flapping peer.
+      dropped (``close_after_abrupt``, default) or closed with a close frame
+      carrying ``close_after_code`` (1000) and ``close_after_reason``: a
+      flapping peer, or one that closes with an application's code (4401).
 
     Counters: ``tcp_connections`` (streams accepted), ``handshakes`` (upgrade
     requests read), ``accepted``, ``rejected``, ``hung``; ``connections`` holds
@@ -106,6 +107,8 @@ class FaultServer:
         server.hang_next()                           # TCP accepted, no upgrade
         server.garbage_next()                        # not HTTP at all
         server.close_after = 1.0                     # flapping
+        server.close_after, server.close_after_abrupt = 0.0, False
+        server.close_after_code = 4401               # "token expired", at once
         await server.stop(); await server.start()    # down, then up on the same port
         await server.heal()                          # every fault undone
     """
@@ -139,6 +142,8 @@ class FaultServer:
         self.answer_heartbeats = True
         self.close_after: float | None = None
         self.close_after_abrupt = True
+        self.close_after_code = 1000
+        self.close_after_reason = "closing after delay"
         self.frozen = False
 
         self.tcp_connections = 0
@@ -443,7 +448,7 @@ class FaultServer:
             await stream.abort()
         else:
             with trio.move_on_after(5):
-                await ws.aclose(1000, "closing after delay")
+                await ws.aclose(self.close_after_code, self.close_after_reason)
 
 
 class _FaultWebSocket(WebSocketConnection):
