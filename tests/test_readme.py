@@ -61,3 +61,18 @@ async def test_testing_section_example_passes(autojump_clock: trio.testing.MockC
     namespace: dict[str, Any] = {"__name__": "readme_testing"}
     exec(compile(python_block("## Testing your application"), "README testing", "exec"), namespace)
     await namespace["test_bot_resubscribes_after_a_drop"](autojump_clock)
+
+
+def test_state_machine_snippet_runs() -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(python_block("## The state machine"), "README state machine", "exec"), namespace)
+    assert namespace["record"].to_state == "connecting"
+
+
+def test_close_codes_snippet_maps_4401_to_rejected() -> None:
+    from trio_conn import ErrorKind
+
+    namespace: dict[str, Any] = {}
+    exec(compile(python_block("**Close codes.**"), "README close codes", "exec"), namespace)
+    assert namespace["config"].retry.close_codes[4401] is ErrorKind.REJECTED
+    assert namespace["config"].retry.is_fatal(ErrorKind.REJECTED)

@@ -409,3 +409,44 @@ async def test_last_close_code_is_the_last_failures_and_none_without_one(
         await conn.wait_for_state(S.RECONNECTING)  # refused: no close code
         stats = conn.statistics()
         assert (stats.last_close_code, stats.last_error_kind) == (None, K.NETWORK)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_the_readmes_long_outage_timeline_holds(
+    autojump_clock: trio.testing.MockClock, seed: int
+) -> None:
+    """README "When the server stays away": the defaults, jitter 0.2, a 30-minute outage."""
+    records: list[TransitionRecord] = []
+    config = ConnectionConfig(retry=RetryPolicy(random=random.Random(seed).random))
+    async with (
+        open_fault_server() as server,
+        managed(server, records, config=config, on_failed=readme_on_failed) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        await server.stop()
+        await conn.wait_for_state(S.RECONNECTING)
+        (drop,) = records[2:]
+        dropped = drop.at
+        await trio.sleep(30 * 60)
+        await server.start()
+        back = trio.current_time()
+        await conn.wait_for_state(S.CONNECTED)
+        recovered = trio.current_time()
+
+    def since_drop(state: ConnectionState) -> list[float]:
+        return [at - dropped for at in entered(records[3:], state)]
+
+    attempts = since_drop(S.CONNECTING)
+    assert 2.4 <= attempts[0] <= 3.0
+    assert 18.4 <= attempts[1] <= 23.0
+    assert 42.4 <= attempts[2] <= 53.0
+    assert 74.4 <= attempts[3] <= 93.0
+    first_failed = since_drop(S.FAILED)[0]
+    assert first_failed == attempts[3]  # the fifth failure: FAILED at once
+    probes = [
+        r for r in records if r.reason.startswith("probe after") and r.to_state is S.RECONNECTING
+    ]
+    assert 300.0 <= probes[0].duration <= 360.0
+    assert 374.4 <= probes[0].at - dropped <= 453.0
+    assert all(300.0 <= probe.duration <= 360.0 for probe in probes)
+    assert recovered - back <= 360.0
