@@ -18,8 +18,9 @@ from trio_conn import (
     RetryPolicy,
     TransitionRecord,
 )
-from trio_conn._lifecycle import CallHook, Connect, Finish, Lifecycle, Record, Step, Wait
+from trio_conn._lifecycle import Lifecycle
 from trio_conn._policy import FailureDetails
+from trio_conn._records import CallHook, Connect, Finish, Record, Step, Wait
 
 S = ConnectionState
 K = ErrorKind

@@ -27,8 +27,9 @@ from trio_conn import (
     RetryPolicy,
     TransitionRecord,
 )
-from trio_conn._lifecycle import CallHook, Connect, Finish, Lifecycle, Record, Wait
+from trio_conn._lifecycle import Lifecycle
 from trio_conn._policy import FailureDetails
+from trio_conn._records import CallHook, Connect, Finish, Record, Wait
 
 S = ConnectionState
 K = ErrorKind

@@ -36,55 +36,28 @@ Rules of the house:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from ._config import ConnectionConfig
 from ._policy import ErrorKind, FailureDetails
-from ._records import ConnectionStatistics, FailureInfo, RecoveryRecord, TransitionRecord
+from ._records import (
+    CallHook,
+    Connect,
+    ConnectionStatistics,
+    FailureInfo,
+    Finish,
+    Record,
+    RecoveryRecord,
+    Step,
+    TransitionRecord,
+    Wait,
+)
 from ._state import ConnectionState, StateMachine
 
 S = ConnectionState
-Record = TransitionRecord | RecoveryRecord
-
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """Start one attempt now (the state is CONNECTING); report :meth:`Lifecycle.connected`
-    and then :meth:`Lifecycle.session_ended`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Sleep until the clock reads ``until`` (``math.inf``: no deadline) or a request
-    arrives, whichever is first; then ask :meth:`Lifecycle.next_action` again."""
-
-    until: float
-
-
-@dataclass(frozen=True, slots=True)
-class CallHook:
-    """Call ``on_failed(info)``; report :meth:`Lifecycle.hook_answered`, or nothing if a
-    stop interrupted it."""
-
-    info: FailureInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """CLOSED: the supervisor's work is done."""
-
-
-Action = Connect | Wait | CallHook | Finish
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What :meth:`Lifecycle.next_action` decided: records to publish, in order, then an action."""
-
-    records: tuple[Record, ...]
-    action: Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,17 +446,14 @@ class Lifecycle:
             return
         if to_state is S.CONNECTING:
             self._attempts += 1
-        if failure is None:
-            record = TransitionRecord(
-                *(change.from_state, to_state, reason, change.at, change.duration),
-                attempt=self._attempts,
-                consecutive_failures=self._failures,
-            )
-        else:
-            record = TransitionRecord(
-                *(change.from_state, to_state, reason, change.at, change.duration),
-                attempt=self._attempts,
-                consecutive_failures=self._failures,
+        record = TransitionRecord(
+            *(change.from_state, to_state, reason, change.at, change.duration),
+            attempt=self._attempts,
+            consecutive_failures=self._failures,
+        )
+        if failure is not None:
+            record = dataclasses.replace(
+                record,
                 kind=failure.kind,
                 error=failure.error,
                 close_code=failure.close_code,

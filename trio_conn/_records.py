@@ -1,4 +1,5 @@
-"""The values the lifecycle hands out: records for observers, what hooks see, statistics.
+"""The values the lifecycle hands out: records for observers, actions for the driver,
+what hooks see, statistics.
 
 Every observer of a connection (the log events, ``on_transition``, metrics)
 is fed from these records, built once by ``trio_conn/_lifecycle.py``: what a
@@ -127,3 +128,45 @@ class ConnectionStatistics:
     next_retry_at: float | None
     #: Clock reading when the current CONNECTED stay began; None unless CONNECTED.
     connected_since: float | None
+
+
+Record = TransitionRecord | RecoveryRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Action: start one attempt now (the state is CONNECTING); report ``connected``
+    and then ``session_ended`` to the lifecycle."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Action: sleep until the clock reads ``until`` (``math.inf``: no deadline) or a
+    request arrives, whichever is first; then ask for the next action again."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallHook:
+    """Action: call ``on_failed(info)``; report ``hook_answered``, or nothing if a stop
+    interrupted it."""
+
+    info: FailureInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Action: CLOSED; the supervisor's work is done."""
+
+
+Action = Connect | Wait | CallHook | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What the lifecycle's ``next_action`` decided: records to publish, in order,
+    then an action."""
+
+    records: tuple[Record, ...]
+    action: Action

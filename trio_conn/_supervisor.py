@@ -33,9 +33,18 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ._events import ConnectionEvents
-from ._lifecycle import CallHook, Connect, Finish, Lifecycle, Record, Wait
+from ._lifecycle import Lifecycle
 from ._mailbox import Mailbox
-from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
+from ._records import (
+    CallHook,
+    Connect,
+    ConnectionStatistics,
+    FailureInfo,
+    Finish,
+    Record,
+    TransitionRecord,
+    Wait,
+)
 from ._session import Control, SessionSpec, run_session
 from ._state import ConnectionState
 from ._transport import Message
