@@ -60,11 +60,14 @@ def test_demo_plays_the_whole_story() -> None:
     assert any(r.startswith("heartbeat: HeartbeatTimeout") for r in reasons)
     assert any(r.startswith("rejected") for r in reasons)
     assert any(r.startswith("network: ConnectionRefusedError") for r in reasons)
+    assert any(r.startswith("probe after") for r in reasons)  # FAILED is left by itself
+    assert "failed is not for good" in story
     assert [e["to_state"] for e in changes][-1] == "closed"
     assert {"connection.heartbeat_missed", "connection.recovery"} <= {e["event"] for e in events}
-    retries = [e["retry_in_s"] for e in changes if e.get("error_kind") == "network"]
+    network = [e for e in changes if e.get("error_kind") == "network"]
+    retries = [e["retry_in_s"] for e in network if "retry_in_s" in e]
     assert retries == sorted(retries)
-    assert len(retries) >= 2  # the backoff grows while the server is down
+    assert len(retries) >= 2  # the backoff grows while the server is down, then FAILED
     assert retries[0] < retries[-1]
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import pickle
 import ssl
 from typing import Any
 
@@ -44,6 +47,73 @@ async def test_bad_arguments_are_refused_before_anything_runs(
     with pytest.raises(error, match=match):
         async with open_connection(**kwargs):
             raise AssertionError("the block must not run")
+
+
+def plain_on_failed(info: object) -> bool:
+    return True
+
+
+async def async_on_transition(record: object) -> None:
+    pass
+
+
+def plain_headers() -> list[tuple[str, str]]:
+    return []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"on_failed": plain_on_failed}, r"on_failed must be an async function \(async def\)"),
+        ({"on_connect": lambda session: None}, r"on_connect must be an async function"),
+        ({"headers": plain_headers}, r"headers must be an async function"),
+        (
+            {"on_failed": functools.partial(plain_on_failed)},
+            r"on_failed must be an async function",
+        ),
+        ({"on_transition": async_on_transition}, r"on_transition must be a plain function"),
+        ({"open_stream": lambda host, port: None}, r"open_stream must be an async function"),
+    ],
+)
+async def test_hooks_of_the_wrong_colour_are_refused_at_construction(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(TypeError, match=match):
+        async with open_connection("ws://127.0.0.1:9/", **kwargs):
+            raise AssertionError("the block must not run")
+
+
+class AsyncCallable:
+    async def __call__(self, info: object) -> bool:
+        return True
+
+
+async def async_on_failed(info: object, *, extra: int) -> bool:
+    return extra > 0
+
+
+def wrapped(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)  # returns fn's coroutine
+
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    "on_failed",
+    [AsyncCallable(), functools.partial(async_on_failed, extra=1), wrapped(AsyncCallable())],
+)
+async def test_async_callables_of_every_shape_are_accepted(
+    autojump_clock: trio.testing.MockClock, on_failed: Any
+) -> None:
+    async with open_fault_server() as server:
+        server.reject_next(1, 403)
+        async with open_connection(
+            server.url, open_stream=server.open_stream, on_failed=on_failed
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)  # the hook ran and said True
+            assert conn.statistics().transitions[(S.FAILED, S.RECONNECTING)] == 1
 
 
 async def test_url_secrets_do_not_appear_in_errors() -> None:
@@ -124,6 +194,11 @@ async def test_statistics_snapshot(autojump_clock: trio.testing.MockClock) -> No
     # A later snapshot does not change an earlier one.
     assert conn.statistics().state is S.CLOSED
     assert stats.state is S.CONNECTED
+    # A snapshot can be compared, hashed, stored and sent to another process.
+    assert pickle.loads(pickle.dumps(stats)) == stats
+    assert copy.deepcopy(stats) == stats
+    assert {stats: "seen"}[copy.copy(stats)] == "seen"
+    assert dict(stats.transitions)[(S.CONNECTING, S.CONNECTED)] == 2
 
 
 async def test_default_limits_stay_quiet_during_normal_backoff(

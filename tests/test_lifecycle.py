@@ -327,24 +327,34 @@ def test_declined_hook_then_a_probe_every_failed_retry_interval() -> None:
     records = driver.fail()
     assert edges(records) == [(S.CONNECTING, S.RECONNECTING), (S.RECONNECTING, S.FAILED)]
     assert [r.consecutive_failures for r in transitions(records)] == [5, 5]
+    assert transitions(records)[1].reason == "probe failed"
     assert driver.life.statistics(driver.now, heartbeat_rtt=None).total_failures == 6
     # The hook again, at once: its cooldown (60 s) is long over.
     assert isinstance(driver.step().action, CallHook)
 
 
-def test_a_probe_that_connects_keeps_the_count_until_stable() -> None:
+def test_a_probe_that_connects_ends_the_outage() -> None:
     driver = Driver(failed_retry_interval=60.0)
     reach_failed(driver)
     driver.sleep_out()
     (connected,) = transitions(driver.life.connected(driver.now))
-    assert connected.consecutive_failures == 5
-    # A drop before stable_after: back to FAILED at once (flapping is not recovery).
-    records = driver.at(driver.now + 10.0).fail(closed(1006), CONNECTED)
-    assert transitions(records)[-1].to_state is S.FAILED
-    driver.sleep_out()
-    driver.life.connected(driver.now)
-    (drop,) = transitions(driver.at(driver.now + 30.0).fail(closed(1006), CONNECTED))
+    assert connected.consecutive_failures == 0
+    # A drop soon after is an ordinary drop, not another failed_retry_interval.
+    (drop,) = transitions(driver.at(driver.now + 10.0).fail(closed(1006), CONNECTED))
     assert (drop.consecutive_failures, drop.retry_in) == (1, 3.0)
+
+
+def test_a_flapping_server_after_a_probe_reaches_failed_again() -> None:
+    driver = Driver(failed_retry_interval=60.0)
+    reach_failed(driver)
+    driver.sleep_out()
+    for n in range(1, 6):
+        if n > 1:
+            driver.at(driver.wait_until()).attempt()
+        driver.life.connected(driver.now)
+        records = driver.at(driver.now + 1.0).fail(closed(1000), CONNECTED)
+    assert transitions(records)[-1].to_state is S.FAILED
+    assert transitions(records)[-1].reason == "5 consecutive failures"
 
 
 def test_a_fatal_failure_on_a_probe_is_named_and_a_network_one_is_a_failed_probe() -> None:

@@ -167,7 +167,6 @@ def test_custom_rows_and_fatal_kinds() -> None:
 def test_default_close_codes_follow_rfc_6455_and_the_iana_registry() -> None:
     codes = RetryPolicy().close_codes
     assert codes[1013] is K.THROTTLED  # Try Again Later
-    assert codes[1014] is K.NETWORK  # Bad Gateway
     for code in (1002, 1003, 1007, 1008, 1009, 1010):
         assert codes[code] is K.OTHER
     for code in (1000, 1001, 1006, 1011, 1012, 4000):  # ordinary drops and restarts
@@ -196,11 +195,14 @@ def test_close_codes_are_merged_over_the_defaults_and_resolve_failures() -> None
 @pytest.mark.parametrize(
     ("close_codes", "error", "match"),
     [
-        ({999: K.OTHER}, ValueError, r"close_codes key 999 is not a close code"),
-        ({5000: K.OTHER}, ValueError, r"key 5000 .*\(1000-4999"),
-        ({1006: K.NETWORK}, ValueError, r"key 1006 .* RFC 6455 section 7.4.1"),
+        ({999: K.OTHER}, ValueError, r"close_codes key 999 can never be received"),
+        ({5000: K.OTHER}, ValueError, r"key 5000 .* 1000-1003, 1007-1013 .* or 3000-4999"),
+        ({1006: K.NETWORK}, ValueError, r"key 1006 .*RFC 6455 section 7.4.1"),
         ({1005: K.NETWORK}, ValueError, r"key 1005"),
         ({1015: K.NETWORK}, ValueError, r"key 1015"),
+        ({1004: K.NETWORK}, ValueError, r"key 1004"),
+        ({1014: K.NETWORK}, ValueError, r"key 1014"),  # wsproto refuses it as reserved
+        ({2999: K.NETWORK}, ValueError, r"key 2999"),
         ({"4401": K.REJECTED}, TypeError, r"close_codes keys must be int close codes, got '4401'"),
         ({True: K.REJECTED}, TypeError, r"close_codes keys must be int"),
         ({4401: "denied"}, ValueError, r"close_codes\[4401\] must be an ErrorKind .* 'denied'"),

@@ -144,6 +144,12 @@ def test_heartbeat_arguments_are_checked() -> None:
     with pytest.raises(TypeError, match="is_response must be callable"):
         MessageHeartbeat(lambda: "ping", None)  # type: ignore[arg-type]
 
+    async def async_is_response(message: object) -> bool:
+        return True
+
+    with pytest.raises(TypeError, match="is_response must be a plain function"):
+        MessageHeartbeat(lambda: "ping", async_is_response)  # type: ignore[arg-type]
+
 
 # -- TLS (real clock: a real TLS handshake over TCP) --------------------------------
 

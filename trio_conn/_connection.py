@@ -21,7 +21,7 @@ from ._config import ConnectionConfig
 from ._events import ConnectionEvents, redact_url
 from ._exceptions import NotConnected, SendInterrupted, leaves
 from ._failure import describe_failure
-from ._heartbeat import Heartbeat, PingHeartbeat
+from ._heartbeat import Heartbeat, PingHeartbeat, check_async_callable, check_sync_callable
 from ._policy import ErrorKind
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
 from ._session import HeadersSource, Session, SessionSpec
@@ -70,11 +70,11 @@ class ManagedConnection:
         for hook_name, hook in (
             ("on_connect", on_connect),
             ("on_failed", on_failed),
-            ("on_transition", on_transition),
             ("open_stream", open_stream),
+            ("headers", headers if callable(headers) else None),
         ):
-            if hook is not None and not callable(hook):
-                raise TypeError(f"{hook_name} must be callable or None, got {hook!r}")
+            check_async_callable(hook_name, hook)
+        check_sync_callable("on_transition", on_transition)
         if headers is not None and not callable(headers):
             headers = check_headers(headers, "headers")
         if name is not None and not isinstance(name, str):

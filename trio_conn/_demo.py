@@ -29,12 +29,14 @@ DEMO_CONFIG = ConnectionConfig(
     connect_timeout=2.0,
     stable_after=2.0,
     recovery_cooldown=1.0,
+    max_connection_failures=4,
+    failed_retry_interval=2.0,
     stuck_after={S.CONNECTING: 5.0, S.RECONNECTING: 10.0},
     retry=RetryPolicy(
         jitter=0.0,
         backoff={
             ErrorKind.UNEXPECTED_CLOSE: Backoff(0.5, 2.0),
-            ErrorKind.NETWORK: Backoff(1.0, 4.0),
+            ErrorKind.NETWORK: Backoff(0.5, 2.0),
             ErrorKind.HEARTBEAT: Backoff(1.0, 4.0),
             ErrorKind.OTHER: Backoff(0.5, 2.0),
         },
@@ -106,7 +108,9 @@ async def run_demo(out: TextIO) -> ConnectionStatistics:
             await _freeze(story, server, conn)
             await _reject(story, server, conn, cookie)
             await _down(story, server)
-            story.chapter("Shutting down: leaving the block closes the socket and every task")
+            story.chapter(
+                "Shutting down: leaving the block closes the WebSocket connection and every task"
+            )
     stats = conn.statistics()
     print(summary(stats), file=out, flush=True)
     return stats
@@ -153,11 +157,14 @@ async def _reject(
 
 
 async def _down(story: Story, server: FaultServer) -> None:
-    story.chapter("The server goes down: each attempt is refused and the backoff grows")
-    reconnects = story.entered[S.RECONNECTING]
+    story.chapter("The server goes down: attempts are refused, the backoff grows, then FAILED")
+    failed = story.entered[S.FAILED]
     connected = story.entered[S.CONNECTED]
     await server.stop()
-    await story.wait_entered(S.RECONNECTING, reconnects + 3)  # the drop, then two refusals
+    await story.wait_entered(S.FAILED, failed + 1)  # the drop, then three refusals
+    interval = DEMO_CONFIG.failed_retry_interval
+    story.say(f"failed is not for good: the connection probes again after {interval:g} s")
+    await trio.sleep(0.5)
     story.say("the server comes back")
     await server.start()
     await story.wait_entered(S.CONNECTED, connected + 1)

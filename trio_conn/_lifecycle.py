@@ -12,8 +12,10 @@ Rules of the house:
 - ``n``, the failure count, counts consecutive failures of any kind. It
   resets to 0 when CONNECTED has lasted ``stable_after`` seconds (so a
   connection that opens and drops again reaches FAILED), on ``connect()``,
-  on ``reset()`` and when ``on_failed`` refreshes the credentials. It never
-  exceeds ``max_connection_failures``: failures while FAILED still count in
+  on ``reset()``, when ``on_failed`` refreshes the credentials, and when a
+  probe connects (the outage is over: a drop soon after backs off as usual
+  instead of costing another ``failed_retry_interval``). It never exceeds
+  ``max_connection_failures``: failures while FAILED still count in
   ``total_failures``.
 - A session ends by a failure or by a stop. A failure while a stop is pending
   is part of the stop and is not counted.
@@ -39,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from ._config import ConnectionConfig
 from ._policy import ErrorKind, FailureDetails
@@ -49,6 +50,7 @@ from ._records import (
     ConnectionStatistics,
     FailureInfo,
     Finish,
+    FrozenMap,
     Record,
     RecoveryRecord,
     Step,
@@ -192,8 +194,8 @@ class Lifecycle:
             attempts=self._attempts,
             consecutive_failures=self.consecutive_failures(now),
             total_failures=self._total_failures,
-            transitions=MappingProxyType(machine.transition_counts()),
-            time_by_state=MappingProxyType(machine.time_by_state(now)),
+            transitions=FrozenMap(machine.transition_counts()),
+            time_by_state=FrozenMap(machine.time_by_state(now)),
             last_error=None if failure is None else failure.summary,
             last_error_kind=None if failure is None else failure.kind,
             last_close_code=None if failure is None else failure.close_code,
@@ -303,14 +305,14 @@ class Lifecycle:
             return Step(tuple(records), Wait(probe_at))
         self._hook_due = self._probe_at = None  # a hook not yet due is not owed any more
         self._probing = True
-        reason = f"probe after {self._machine.time_in_state(now):g} s in failed"
+        reason = f"probe after {round(self._machine.time_in_state(now), 1):g} s in failed"
         self._move(records, S.RECONNECTING, reason)
         return self._connect(records, reason)
 
     def connected(self, now: float) -> tuple[Record, ...]:
         """The handshake and ``on_connect`` succeeded: CONNECTING -> CONNECTED."""
         self._advance(now)
-        if self._config.stable_after == 0:
+        if self._config.stable_after == 0 or self._probing:
             self._failures = 0
         self._probing = False
         records: list[Record] = []
@@ -345,10 +347,10 @@ class Lifecycle:
             self._move(records, S.RECONNECTING, reason, failure)
             if fatal:
                 why = f"{failure.kind} is fatal"
-            elif self._failures >= config.max_connection_failures:
-                why = f"{self._failures} consecutive failures"
-            else:
+            elif self._probing:
                 why = "probe failed"
+            else:
+                why = f"{self._failures} consecutive failures"
             self._move(records, S.FAILED, why, failure)
             self._enter_failed(now, failure)
         else:

@@ -85,14 +85,17 @@ DEFAULT_CLOSE_CODES: Mapping[int, ErrorKind] = MappingProxyType(
         1009: ErrorKind.OTHER,  # Message Too Big
         1010: ErrorKind.OTHER,  # Mandatory Extension
         1013: ErrorKind.THROTTLED,  # Try Again Later
-        1014: ErrorKind.NETWORK,  # Bad Gateway: the server's upstream failed
     }
 )
 
-#: Codes that RFC 6455 section 7.4.1 reserves and that no close frame carries
-#: (1005 no status, 1006 abnormal closure, 1015 TLS failure; 1004 reserved):
-#: they cannot be mapped.
-UNMAPPABLE_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+#: The close codes a received close frame can carry: RFC 6455 section 7.4.1's
+#: and the IANA registry's up to 1013, except the reserved 1004 and the
+#: local-only 1005 and 1006; and 3000-4999 (libraries and applications). The
+#: protocol engine (wsproto) treats any other code below 3000, 1014 Bad
+#: Gateway included, as a protocol error (1002): mapping one could never match.
+RECEIVABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, *range(3000, 5000)}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +167,11 @@ def _check_close_codes(value: object) -> Mapping[int, ErrorKind]:
     for code, kind in value.items():
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"RetryPolicy.close_codes keys must be int close codes, got {code!r}")
-        if not 1000 <= code <= 4999 or code in UNMAPPABLE_CLOSE_CODES:
+        if code not in RECEIVABLE_CLOSE_CODES:
             raise ValueError(
-                f"RetryPolicy.close_codes key {code!r} is not a close code a close frame "
-                "can carry (1000-4999, except 1004, 1005, 1006 and 1015: RFC 6455 "
-                "section 7.4.1)"
+                f"RetryPolicy.close_codes key {code!r} can never be received: a close frame "
+                "carries 1000-1003, 1007-1013 (RFC 6455 section 7.4.1 and the IANA registry) "
+                "or 3000-4999"
             )
         checked[code] = _check_kind(f"close_codes[{code}]", kind)
     return MappingProxyType({**DEFAULT_CLOSE_CODES, **checked})
@@ -194,12 +197,17 @@ class RetryPolicy:
     :param fatal: kinds that go to FAILED at once instead of retrying
         (default: ``rejected``).
     :param backoff: one :class:`Backoff` row per :class:`ErrorKind`; rows not
-        given keep :data:`DEFAULT_BACKOFF`.
+        given keep the defaults: ``unexpected_close`` ``min(3n, 15)``,
+        ``network``, ``heartbeat`` and ``throttled`` ``min(10n, 60)``,
+        ``rejected`` and ``other`` ``min(5n, 30)`` seconds.
     :param close_codes: close code (received after the handshake) -> the kind
-        it counts as, merged over :data:`DEFAULT_CLOSE_CODES`; a code absent
-        from both is ``unexpected_close``. Map an application's "token
+        it counts as, merged over the defaults (1013 Try Again Later:
+        ``throttled``; 1002, 1003, 1007, 1008, 1009, 1010: ``other``); a code
+        absent from both is ``unexpected_close``. Map an application's "token
         expired" code to ``rejected`` to reach FAILED and ``on_failed`` at its
-        first occurrence: ``close_codes={4401: ErrorKind.REJECTED}``.
+        first occurrence: ``close_codes={4401: ErrorKind.REJECTED}``. Keys
+        must be codes a close frame can carry: 1000-1003, 1007-1013,
+        3000-4999.
     :param max_retry_after: cap, in seconds, on a server's spread
         ``Retry-After`` (default 300).
     :param random: source of ``U(0, 1)``, injectable for tests.

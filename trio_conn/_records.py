@@ -10,8 +10,9 @@ under a Trio run: monotonic, virtual under a ``MockClock``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ._policy import ErrorKind
 from ._state import ConnectionState
@@ -87,6 +88,38 @@ class FailureInfo:
     close_code: int | None = None
     #: The HTTP status of the last rejected handshake, if it was rejected.
     status_code: int | None = None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """A read-only mapping that, unlike ``MappingProxyType``, hashes, pickles and copies:
+    a statistics snapshot can be compared, stored and sent to another process."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[K, V]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __reduce__(self) -> tuple[type[FrozenMap[K, V]], tuple[dict[K, V]]]:
+        return (type(self), (self._data,))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
 
 
 @dataclass(frozen=True, slots=True)
