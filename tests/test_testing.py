@@ -221,6 +221,33 @@ async def test_close_all_sends_code_and_reason(autojump_clock: trio.testing.Mock
         assert (info.value.reason.code, info.value.reason.reason) == (4001, "maintenance")
 
 
+UPGRADE_REQUEST = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def test_close_all_closes_a_connection_still_in_its_handshake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found by the chaos run: a handshake held by a freeze when close_all was called
+    was accepted after the thaw and never closed, so close_all never returned."""
+    async with open_fault_server() as server:
+        server.freeze()
+        stream = await server.open_stream()
+        await stream.send_all(UPGRADE_REQUEST)
+        await trio.testing.wait_all_tasks_blocked()  # the request waits at the frozen gate
+        assert (server.open_connections, server.handshakes) == (1, 0)
+        with trio.fail_after(1):
+            await server.close_all(4000, "maintenance")
+        server.thaw()
+        assert server.open_connections == 0
+        assert server.accepted == 0  # closed, not accepted after the thaw
+        with trio.fail_after(1):
+            assert await stream.receive_some() == b""  # the client sees the stream end
+        await stream.aclose()
+
+
 async def test_freeze_and_thaw(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fault_server() as server, memory_client(server) as ws:
         await server.wait_accepted()

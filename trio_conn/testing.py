@@ -251,10 +251,15 @@ class FaultServer:
     async def close_all(self, code: int = 1000, reason: str | None = None) -> None:
         """Close every connection with a close frame carrying ``code`` and ``reason``.
 
-        Returns once the server has finished with every closed connection
+        A connection whose handshake is not done yet (hung, garbled, or held
+        by a freeze) has no WebSocket to send a close frame on: its stream is
+        closed. Returns once the server has finished with every connection
         (a client that never answers the close frame is cut off after 5 s).
         """
         streams = list(self._streams)
+        for stream in streams:
+            if not stream.accepted:
+                await stream.abort()
         for ws, _ in list(self._sockets.values()):
             with trio.move_on_after(5):
                 await ws.aclose(code, reason)
@@ -414,6 +419,7 @@ class FaultServer:
                 await request.reject(status, extra_headers=list(headers), body=body or None)
                 return
             await request.accept()
+            stream.accepted = True
             self.accepted += 1
             self._sockets[record.id] = (ws, record)
             self._notify()
@@ -473,6 +479,8 @@ class _FaultStream(trio.abc.Stream):
         self._inner = inner
         self._server = server
         self.closed = False
+        #: The WebSocket handshake was accepted.
+        self.accepted = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await self._server._wait_thawed(self)
