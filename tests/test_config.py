@@ -137,6 +137,8 @@ def test_stuck_after_accepts_states_and_their_values() -> None:
     ("stuck_after", "error", "match"),
     [
         ({"connectin": 5.0}, ValueError, r"stuck_after keys must be states .* got 'connectin'"),
+        ({"closed": 5.0}, ValueError, r"stuck_after keys must be states other than closed"),
+        ({"connecting": 10**400}, ValueError, r"stuck_after\[connecting\] .* int of 1329 bits"),
         ({ConnectionState.CONNECTING: 0}, ValueError, r"stuck_after\[connecting\] must be finite"),
         ({ConnectionState.FAILED: -1.0}, ValueError, r"stuck_after\[failed\]"),
         ({ConnectionState.FAILED: "1"}, TypeError, r"stuck_after\[failed\] must be a number"),

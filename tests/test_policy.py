@@ -216,6 +216,26 @@ def test_invalid_close_codes_name_the_rule(
         RetryPolicy(close_codes=close_codes)  # type: ignore[arg-type]
 
 
+def test_kinds_may_be_given_by_value_in_any_collection() -> None:
+    policy = RetryPolicy(
+        fatal=["rejected", "heartbeat"],  # type: ignore[arg-type]
+        backoff={"other": Backoff(1.0, 2.0)},  # type: ignore[dict-item]
+    )
+    assert policy.fatal == frozenset({K.REJECTED, K.HEARTBEAT})
+    assert policy.backoff[K.OTHER] == Backoff(1.0, 2.0)
+
+
+def test_a_value_that_cannot_be_printed_is_described() -> None:
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    with pytest.raises(TypeError, match=r"RetryPolicy.jitter must be a number, got a Unprintable"):
+        RetryPolicy(jitter=Unprintable())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Backoff.step must be finite .* got an int of \d+ bits"):
+        Backoff(10**400, 1)
+
+
 def test_fatal_accepts_kind_values() -> None:
     policy = RetryPolicy(fatal=frozenset({"network"}))  # type: ignore[arg-type]
     assert policy.fatal == frozenset({K.NETWORK})
@@ -235,8 +255,10 @@ def test_failures_must_be_a_positive_int(failures: object) -> None:
         ({"jitter": float("nan")}, ValueError, "jitter"),
         ({"jitter": "0.2"}, TypeError, "jitter must be a number"),
         ({"fatal": frozenset({"bogus"})}, ValueError, r"fatal must be an ErrorKind .* 'bogus'"),
-        ({"fatal": "rejected"}, TypeError, r"fatal must be a frozenset of ErrorKind"),
-        ({"backoff": {"network": Backoff(1, 2)}}, ValueError, "backoff keys"),
+        ({"fatal": "rejected"}, TypeError, r"fatal must be a set of ErrorKind"),
+        ({"backoff": {"bogus": Backoff(1, 2)}}, ValueError, r"backoff keys must be an ErrorKind"),
+        ({"max_retry_after": 10**400}, ValueError, r"max_retry_after .* got an int of 1329 bits"),
+        ({"jitter": 10**400}, ValueError, r"jitter must be between 0 and 1"),
         ({"backoff": {K.NETWORK: (1, 2)}}, TypeError, r"backoff\[network\] must be a Backoff"),
         ({"max_retry_after": -1}, ValueError, "max_retry_after must be finite and >= 0"),
         ({"max_retry_after": float("inf")}, ValueError, "max_retry_after"),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ._policy import RetryPolicy
+from ._policy import RetryPolicy, finite, shown
 from ._state import ConnectionState
 
 #: The states the stuck-state watchdog watches by default, and after how long.
@@ -81,11 +80,13 @@ class ConnectionConfig:
         for name in _COUNTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"ConnectionConfig.{name} must be an int, got {value!r}")
+                raise TypeError(f"ConnectionConfig.{name} must be an int, got {shown(value)}")
             if value < 1:
-                raise ValueError(f"ConnectionConfig.{name} must be >= 1, got {value!r}")
+                raise ValueError(f"ConnectionConfig.{name} must be >= 1, got {shown(value)}")
         if not isinstance(self.retry, RetryPolicy):
-            raise TypeError(f"ConnectionConfig.retry must be a RetryPolicy, got {self.retry!r}")
+            raise TypeError(
+                f"ConnectionConfig.retry must be a RetryPolicy, got {shown(self.retry)}"
+            )
         object.__setattr__(self, "stuck_after", _check_stuck_after(self.stuck_after))
 
 
@@ -93,29 +94,34 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool, or_none: bool 
     alternative = " or None" if or_none else ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
-            f"ConnectionConfig.{name} must be a number of seconds{alternative}, got {value!r}"
+            f"ConnectionConfig.{name} must be a number of seconds{alternative}, got {shown(value)}"
         )
     rule = ">= 0" if allow_zero else "> 0"
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not finite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(
-            f"ConnectionConfig.{name} must be finite and {rule} seconds{alternative}, got {value!r}"
+            f"ConnectionConfig.{name} must be finite and {rule} seconds{alternative}, "
+            f"got {shown(value)}"
         )
 
 
 def _check_stuck_after(value: object) -> Mapping[ConnectionState, float]:
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"ConnectionConfig.stuck_after must be a mapping of state to seconds, got {value!r}"
+            "ConnectionConfig.stuck_after must be a mapping of state to seconds, "
+            f"got {shown(value)}"
         )
     checked: dict[ConnectionState, float] = {}
     for key, seconds in value.items():
+        watchable = [state for state in ConnectionState if state is not ConnectionState.CLOSED]
         try:
             state = ConnectionState(key)
         except ValueError:
+            state = ConnectionState.CLOSED
+        if state is ConnectionState.CLOSED:  # terminal: a stay there never ends
             raise ValueError(
-                f"ConnectionConfig.stuck_after keys must be states "
-                f"({', '.join(ConnectionState)}), got {key!r}"
-            ) from None
+                f"ConnectionConfig.stuck_after keys must be states other than closed "
+                f"({', '.join(watchable)}), got {shown(key)}"
+            )
         _check_seconds(f"stuck_after[{state}]", seconds, allow_zero=False)
         checked[state] = float(seconds)
     return MappingProxyType(checked)

@@ -136,10 +136,14 @@ class ManagedConnection:
     async def send(self, message: Message) -> None:
         """Send a message: str as a text frame, bytes as a binary frame.
 
-        :raises NotConnected: the connection is not CONNECTED, or the
-            WebSocket connection was lost during the send (the connection
-            reconnects; the message was not sent).
+        :raises NotConnected: the connection is not CONNECTED, a disconnect or
+            close was requested (``closing``), or the WebSocket connection was
+            lost during the send (``lost``: the connection reconnects; the
+            message was not sent).
         :raises TypeError: ``message`` is not str or bytes.
+        :raises UnicodeEncodeError: ``message`` is text that has no UTF-8
+            form (a lone surrogate); nothing was sent and the connection
+            goes on.
         """
         if not isinstance(message, str | bytes):
             raise TypeError(f"message must be str or bytes, got {type(message).__name__}")
@@ -147,6 +151,12 @@ class ManagedConnection:
         socket = control.socket
         if self.state is not S.CONNECTED or socket is None:
             raise NotConnected(self.state)
+        if control.stopping:
+            raise NotConnected(self.state, closing=True)
+        if socket.send_error is not None:
+            # The session is ending: after a cut-off frame, a write would be
+            # read as the rest of it.
+            raise NotConnected(self.state, lost=True)
         try:
             await socket.send(message)
         except trio.Cancelled:
@@ -159,15 +169,15 @@ class ManagedConnection:
             control.notify()
             raise
         except Exception as exc:
-            # The connection is unusable: the session ends with this error
-            # (its reader may not notice a broken write by itself); the
-            # caller only needs to know this message was not sent.
+            if not _connection_lost(exc):
+                raise  # refused before any byte was written (e.g. text that is not UTF-8)
+            # The session ends with this error (its reader may not notice a
+            # broken write by itself); the caller only needs to know this
+            # message was not sent.
             if socket.send_error is None:
                 socket.send_error = exc
             control.notify()
-            if describe_failure(exc).kind is ErrorKind.UNEXPECTED_CLOSE:
-                raise NotConnected(self.state, lost=True) from exc
-            raise
+            raise NotConnected(self.state, lost=True) from exc
 
     async def receive(self) -> Message:
         """The next message, waiting through reconnects.
@@ -198,29 +208,36 @@ class ManagedConnection:
     async def disconnect(self, reason: str = "disconnect requested") -> None:
         """Close the WebSocket connection (gracefully when connected) and go to DISCONNECTED.
 
-        Returns once DISCONNECTED (or CLOSED) is reached. No-op when already
-        DISCONNECTED or CLOSED.
+        Returns once the disconnect has been carried out (DISCONNECTED, or
+        CLOSED if a close came first) or overtaken by :meth:`connect`. No-op
+        when already DISCONNECTED or CLOSED.
         """
         supervisor = self._supervisor
-        if supervisor.state is S.CLOSED:
+        if supervisor.at_rest_disconnected:
             await trio.lowlevel.checkpoint()
             return
-        entered = supervisor.entry(S.DISCONNECTED)
         supervisor.request_stop(S.DISCONNECTED, reason)
-        # Entered, not "is": on_transition may call connect() at once.
-        while not (entered.is_set() or supervisor.at_rest_disconnected):
+        # Not "until DISCONNECTED": on_transition may call connect() at once.
+        while supervisor.stop_pending and supervisor.state is not S.CLOSED:
             await supervisor.control.wait_changed()
 
     async def reset(self, reason: str = "reset requested") -> bool:
         """FAILED -> RECONNECTING with the failure count at 0, then an attempt at once.
 
         Manual intervention while FAILED. Returns True once the connection
-        has left FAILED, False (at once) if it was not FAILED.
+        has left FAILED, False (at once) if it was not FAILED. While
+        ``on_failed`` runs (so also when called from it), it returns True at
+        once: FAILED is left when the hook returns.
         """
         supervisor = self._supervisor
         if not supervisor.request_reset(reason):
             await trio.lowlevel.checkpoint()
             return False
+        if supervisor.hook_running:
+            # Called from on_failed (or a task it awaits): FAILED is left when
+            # the hook returns, which waiting here would prevent.
+            await trio.lowlevel.checkpoint()
+            return True
         while supervisor.state is S.FAILED:
             await supervisor.control.wait_changed()
         return True
@@ -299,11 +316,27 @@ async def open_connection(
                 supervisor.scope.cancel()  # past its bound: end it anyway (CLOSED)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        if user_error is not None and all(
-            leaf is user_error or isinstance(leaf, trio.Cancelled) for leaf in leaves(group)
-        ):
+        if user_error is not None and _only(user_error, group):
             _reraise(user_error)
         raise
+
+
+def _only(error: BaseException, group: BaseExceptionGroup[BaseException]) -> bool:
+    """Whether ``group`` holds ``error`` and cancellations only.
+
+    Compared leaf by leaf: a group the application raised comes back derived
+    (Trio splits the cancellations out of it), with the same leaves.
+    """
+    mine = [leaf for leaf in leaves(error) if not isinstance(leaf, trio.Cancelled)]
+    found = [leaf for leaf in leaves(group) if not isinstance(leaf, trio.Cancelled)]
+    return len(found) == len(mine) and all(a is b for a, b in zip(found, mine, strict=True))
+
+
+def _connection_lost(error: Exception) -> bool:
+    """Whether a send's error means the WebSocket connection is gone."""
+    if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
+        return True
+    return describe_failure(error).kind is ErrorKind.UNEXPECTED_CLOSE
 
 
 def _reraise(error: BaseException) -> NoReturn:

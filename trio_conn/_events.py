@@ -23,10 +23,11 @@ builtins (``ConnectionResetError``).
 from __future__ import annotations
 
 import builtins
+import functools
 import re
 import sys
-from collections.abc import Iterable
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable
+from typing import Any, Concatenate, ParamSpec, TextIO
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import structlog
@@ -35,6 +36,7 @@ from ._records import RecoveryRecord, TransitionRecord
 from ._state import ConnectionState
 
 REDACTED = "REDACTED"
+P = ParamSpec("P")
 
 #: Registered secrets shorter than this are ignored: replacing 1-3 character
 #: strings would mangle ordinary text ("ws", "id", "443") and hide nothing.
@@ -126,7 +128,9 @@ def error_type_name(cls: type[BaseException]) -> str:
     if cached is not None:
         return cached
     module, name = cls.__module__, cls.__qualname__
-    if module == "builtins" and getattr(builtins, name, None) is cls:
+    if not (isinstance(module, str) and isinstance(name, str)):  # a class built oddly
+        result = str(getattr(cls, "__name__", "UnknownError"))
+    elif module == "builtins" and getattr(builtins, name, None) is cls:
         result = name
     elif getattr(sys.modules.get(module.partition(".")[0]), name, None) is cls:
         result = f"{module.partition('.')[0]}.{name}"
@@ -158,6 +162,24 @@ def error_message(error: BaseException) -> str:
     if len(text) > MAX_ERROR_MESSAGE:
         text = text[: MAX_ERROR_MESSAGE - 1] + "…"
     return text
+
+
+def _never_raises(
+    method: Callable[Concatenate[ConnectionEvents, P], None],
+) -> Callable[Concatenate[ConnectionEvents, P], None]:
+    """Make an emitting method safe for the connection: building the fields or
+    logging them may fail (an application's processor, a closed stream, an
+    exception class no rule foresaw); that is reported once per connection on
+    ``stderr`` (type and scrubbed message) and the event is lost."""
+
+    @functools.wraps(method)
+    def guarded(self: ConnectionEvents, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:
+            self._logging_failed(exc)
+
+    return guarded
 
 
 class ConnectionEvents:
@@ -245,18 +267,6 @@ class ConnectionEvents:
         self._conn_id = pattern.sub(REDACTED, self._raw_conn_id)
         self._url = pattern.sub(REDACTED, redact_url(self._raw_url))
 
-    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        """Send one event down the logging path; an error there never reaches the caller.
-
-        Whatever the application's processors or the output stream raise is
-        reported once per connection on ``stderr`` (type and scrubbed
-        message), and the event is lost: the connection goes on.
-        """
-        try:
-            self._emit_unguarded(level, event, fields)
-        except Exception as exc:
-            self._logging_failed(exc)
-
     def _logging_failed(self, error: Exception) -> None:
         if self._logging_error_reported:
             return
@@ -276,7 +286,7 @@ class ConnectionEvents:
         except Exception:  # stderr itself is broken: nowhere left to say it
             pass
 
-    def _emit_unguarded(self, level: str, event: str, fields: dict[str, Any]) -> None:
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         if self._pattern is not None:
             scrubbed = self._scrubbed
             for key in _TEXT_FIELDS:
@@ -312,6 +322,7 @@ class ConnectionEvents:
             fields["error_type"] = error_type_name(type(error))
             fields["error_message"] = error_message(error)
 
+    @_never_raises
     def state_changed(self, record: TransitionRecord) -> None:
         """Emit ``connection.state_changed`` for ``record``.
 
@@ -353,6 +364,7 @@ class ConnectionEvents:
             level = "error"
         self._emit(level, STATE_CHANGED, fields)
 
+    @_never_raises
     def heartbeat_missed(self, *, misses: int, max_misses: int, timeout: float) -> None:
         """Emit ``connection.heartbeat_missed`` (warning): ``misses`` of ``max_misses``."""
         fields = {
@@ -364,6 +376,7 @@ class ConnectionEvents:
         }
         self._emit("warning", HEARTBEAT_MISSED, fields)
 
+    @_never_raises
     def state_stuck(self, *, state: ConnectionState, seconds: float, limit: float) -> None:
         """Emit ``connection.state_stuck`` (warning): in ``state`` for ``seconds`` > ``limit``."""
         fields = {
@@ -375,6 +388,7 @@ class ConnectionEvents:
         }
         self._emit("warning", STATE_STUCK, fields)
 
+    @_never_raises
     def recovery(self, record: RecoveryRecord) -> None:
         """Emit ``connection.recovery``: the on_failed hook answered.
 
@@ -394,6 +408,7 @@ class ConnectionEvents:
             fields["detail"] = record.detail
         self._emit("info" if record.refreshed else "error", RECOVERY, fields)
 
+    @_never_raises
     def hook_failed(self, *, hook: str, error: BaseException) -> None:
         """Emit ``connection.hook_failed`` (error): a user hook raised; it was ignored."""
         fields: dict[str, Any] = {"conn_id": self._conn_id, "url": self._url, "hook": hook}

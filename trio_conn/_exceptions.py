@@ -15,16 +15,21 @@ class NotConnected(TrioConnError):
     :ivar lost: True when the state was CONNECTED but the WebSocket
         connection was lost during the operation: the connection is about to
         reconnect, and the message was not sent.
+    :ivar closing: True when the state was CONNECTED but a disconnect or
+        close had been requested.
     """
 
-    def __init__(self, state: str, *, lost: bool = False) -> None:
+    def __init__(self, state: str, *, lost: bool = False, closing: bool = False) -> None:
         if lost:
             message = "not connected: the WebSocket connection was lost during the send"
+        elif closing:
+            message = "not connected: the connection is closing (disconnect or close requested)"
         else:
             message = f"not connected: the connection is {state}"
         super().__init__(message)
         self.state = state
         self.lost = lost
+        self.closing = closing
 
 
 class SendInterrupted(TrioConnError):

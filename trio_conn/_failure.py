@@ -7,6 +7,7 @@ in ``trio_conn/_policy.py``); the lifecycle applies the connection's own.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import ssl
@@ -56,8 +57,17 @@ def describe_failure(exc: BaseException) -> FailureDetails:
     """Classify ``exc`` by type and pull out its close code, HTTP status and Retry-After.
 
     A close (frame or dropped stream) is ``unexpected_close`` here, whatever
-    its code: ``RetryPolicy.resolve`` maps the code.
+    its code: ``RetryPolicy.resolve`` maps the code. Never raises: what a peer
+    sent (a Retry-After header, a close code) cannot end the connection.
     """
+    try:
+        return _describe(exc)
+    except Exception:  # a peer's bytes that no rule foresaw: classify by type alone
+        error = primary_error(exc)
+        return FailureDetails(ErrorKind.OTHER, error)
+
+
+def _describe(exc: BaseException) -> FailureDetails:
     error = primary_error(exc)
     if isinstance(error, ConnectionRejected):
         status = error.status_code
@@ -98,11 +108,13 @@ def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
             continue
         value = raw.decode("latin-1").strip()
         if value.isascii() and value.isdigit():  # not "²": str.isdigit() alone admits it
-            return float(value)
+            return float(value)  # inf for an absurd number: the cap applies
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:  # "-0000": a date in UTC with no zone information
+                when = when.replace(tzinfo=datetime.UTC)
+            seconds = when.timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):  # no date, or one beyond any clock
             return None
-        seconds = when.timestamp() - time.time()
         return max(0.0, seconds) if math.isfinite(seconds) else None
     return None

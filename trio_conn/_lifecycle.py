@@ -390,10 +390,10 @@ class Lifecycle:
     def close_now(self, now: float, reason: str) -> tuple[Record, ...]:
         """Move to CLOSED at once, from any state (the driver's last resort).
 
-        The reason of a pending stop, if any, is used rather than ``reason``.
+        The reason of a pending close, if any, is used rather than ``reason``.
         """
         self._advance(now)
-        if self._stop is not None:
+        if self._stop is not None and self._stop.target is S.CLOSED:
             reason = self._stop.reason
         self._stop = None
         records: list[Record] = []

@@ -19,11 +19,31 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ._exceptions import HeartbeatTimeout, leaves
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message: cut to ``limit`` characters, never raising
+    (an int too long to print, or a ``__repr__`` that fails, is described instead)."""
+    try:
+        if isinstance(value, int) and value.bit_length() > 128:
+            return f"an int of {value.bit_length()} bits"
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def finite(value: float) -> bool:
+    """``math.isfinite``, also for an int too large for a float (not finite here)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class ErrorKind(enum.StrEnum):
@@ -48,9 +68,9 @@ class Backoff:
         for name in ("step", "cap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"Backoff.{name} must be a number of seconds, got {value!r}")
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"Backoff.{name} must be finite and >= 0, got {value!r}")
+                raise TypeError(f"Backoff.{name} must be a number of seconds, got {shown(value)}")
+            if not (finite(value) and value >= 0):
+                raise ValueError(f"Backoff.{name} must be finite and >= 0, got {shown(value)}")
 
     def delay(self, failures: int) -> float:
         """``min(step * failures, cap)`` seconds."""
@@ -154,22 +174,27 @@ def _type_name(error: BaseException) -> str:
 
 def _check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"RetryPolicy.{name} must be a number, got {value!r}")
+        raise TypeError(f"RetryPolicy.{name} must be a number, got {shown(value)}")
+    if not finite(value):
+        return math.nan  # refused by every caller's range check, which names the value
     return float(value)
 
 
 def _check_close_codes(value: object) -> Mapping[int, ErrorKind]:
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"RetryPolicy.close_codes must be a mapping of close code to ErrorKind, got {value!r}"
+            "RetryPolicy.close_codes must be a mapping of close code to ErrorKind, "
+            f"got {shown(value)}"
         )
     checked: dict[int, ErrorKind] = {}
     for code, kind in value.items():
         if isinstance(code, bool) or not isinstance(code, int):
-            raise TypeError(f"RetryPolicy.close_codes keys must be int close codes, got {code!r}")
+            raise TypeError(
+                f"RetryPolicy.close_codes keys must be int close codes, got {shown(code)}"
+            )
         if code not in RECEIVABLE_CLOSE_CODES:
             raise ValueError(
-                f"RetryPolicy.close_codes key {code!r} can never be received: a close frame "
+                f"RetryPolicy.close_codes key {shown(code)} can never be received: a close frame "
                 "carries 1000-1003, 1007-1013 (RFC 6455 section 7.4.1 and the IANA registry) "
                 "or 3000-4999"
             )
@@ -182,7 +207,7 @@ def _check_kind(name: str, value: object) -> ErrorKind:
         return ErrorKind(value)  # type: ignore[arg-type]  # checked here
     except ValueError:
         raise ValueError(
-            f"RetryPolicy.{name} must be an ErrorKind ({', '.join(ErrorKind)}), got {value!r}"
+            f"RetryPolicy.{name} must be an ErrorKind ({', '.join(ErrorKind)}), got {shown(value)}"
         ) from None
 
 
@@ -225,29 +250,32 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         jitter = _check_number("jitter", self.jitter)
         if not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"RetryPolicy.jitter must be between 0 and 1, got {self.jitter!r}")
-        if isinstance(self.fatal, str) or not isinstance(self.fatal, frozenset | set | tuple):
+            raise ValueError(
+                f"RetryPolicy.jitter must be between 0 and 1, got {shown(self.jitter)}"
+            )
+        if isinstance(self.fatal, str | bytes | Mapping) or not isinstance(self.fatal, Iterable):
             raise TypeError(
-                f"RetryPolicy.fatal must be a frozenset of ErrorKind, got {self.fatal!r}"
+                f"RetryPolicy.fatal must be a set of ErrorKind, got {shown(self.fatal)}"
             )
         fatal = frozenset(_check_kind("fatal", kind) for kind in self.fatal)
         if not isinstance(self.backoff, Mapping):
-            raise TypeError(f"RetryPolicy.backoff must be a mapping, got {self.backoff!r}")
-        unknown = [kind for kind in self.backoff if not isinstance(kind, ErrorKind)]
-        if unknown:
-            raise ValueError(f"RetryPolicy.backoff keys must be ErrorKind members, got {unknown!r}")
-        for kind, row in self.backoff.items():
+            raise TypeError(f"RetryPolicy.backoff must be a mapping, got {shown(self.backoff)}")
+        backoff = dict(DEFAULT_BACKOFF)
+        for key, row in self.backoff.items():
+            kind = _check_kind("backoff keys", key)
             if not isinstance(row, Backoff):
-                raise TypeError(f"RetryPolicy.backoff[{kind}] must be a Backoff, got {row!r}")
+                raise TypeError(f"RetryPolicy.backoff[{kind}] must be a Backoff, got {shown(row)}")
+            backoff[kind] = row
         max_retry_after = _check_number("max_retry_after", self.max_retry_after)
-        if not (math.isfinite(max_retry_after) and max_retry_after >= 0):
+        if not (finite(max_retry_after) and max_retry_after >= 0):
             raise ValueError(
-                f"RetryPolicy.max_retry_after must be finite and >= 0, got {self.max_retry_after!r}"
+                "RetryPolicy.max_retry_after must be finite and >= 0, "
+                f"got {shown(self.max_retry_after)}"
             )
         if not callable(self.random):
-            raise TypeError(f"RetryPolicy.random must be callable, got {self.random!r}")
+            raise TypeError(f"RetryPolicy.random must be callable, got {shown(self.random)}")
         object.__setattr__(self, "fatal", fatal)
-        object.__setattr__(self, "backoff", MappingProxyType({**DEFAULT_BACKOFF, **self.backoff}))
+        object.__setattr__(self, "backoff", MappingProxyType(backoff))
         object.__setattr__(self, "close_codes", _check_close_codes(self.close_codes))
 
     def is_fatal(self, kind: ErrorKind) -> bool:
@@ -280,7 +308,7 @@ class RetryPolicy:
             returned a value outside ``[0, 1]``.
         """
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
-            raise ValueError(f"failures must be an int >= 1, got {failures!r}")
+            raise ValueError(f"failures must be an int >= 1, got {shown(failures)}")
         if kind is ErrorKind.THROTTLED and retry_after is not None and retry_after >= 0:
             return min(self.spread(retry_after), self.max_retry_after)
         base = self.backoff[ErrorKind(kind)].delay(failures)
@@ -309,5 +337,7 @@ class RetryPolicy:
     def _sample(self) -> float:
         sample = self.random()
         if not 0.0 <= sample <= 1.0:
-            raise ValueError(f"RetryPolicy.random must return a value in [0, 1], got {sample!r}")
+            raise ValueError(
+                f"RetryPolicy.random must return a value in [0, 1], got {shown(sample)}"
+            )
         return sample

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import trio
@@ -65,7 +65,7 @@ class SessionSpec:
     target: Target
     config: ConnectionConfig
     heartbeat: Heartbeat | None
-    headers: HeadersSource
+    headers: HeadersSource = field(repr=False)  # values are secrets
     on_connect: Callable[[Session], Awaitable[None]] | None
     ssl_context: ssl.SSLContext | None
     open_stream: StreamOpener
@@ -181,7 +181,7 @@ async def run_session(
             nursery.cancel_scope.cancel()
         return SessionEnd(None, phase)
     except BaseException as exc:
-        cancelled, errors = _split_cancelled(exc)
+        cancelled, errors = split_cancelled(exc)
         if errors is not None and not isinstance(errors, Exception):
             raise  # KeyboardInterrupt and the like are not connection failures
         if control.stopping:
@@ -331,7 +331,7 @@ async def _run_heartbeat(
         await monitor.run(socket, nursery)
 
 
-def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
     """``(the trio.Cancelled part, the rest)`` of an exception or exception group."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)

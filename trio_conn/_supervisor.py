@@ -45,7 +45,7 @@ from ._records import (
     TransitionRecord,
     Wait,
 )
-from ._session import Control, SessionSpec, run_session
+from ._session import Control, SessionSpec, run_session, split_cancelled
 from ._state import ConnectionState
 from ._transport import Message
 
@@ -60,6 +60,7 @@ class Supervisor:
     __slots__ = (
         "_entered",
         "_events",
+        "_hook_running",
         "_life",
         "_nursery",
         "_on_failed",
@@ -88,6 +89,7 @@ class Supervisor:
         # Set when a state is next entered; made only for states waited for.
         self._entered: dict[ConnectionState, trio.Event] = {}
         self._seq = 0  # transitions published: tells one stay from the next
+        self._hook_running = False
         #: Shared with the sessions: stop flag, wake-ups, the live connection.
         self.control = Control()
         #: The receive buffer, across sessions; closed at CLOSED.
@@ -111,6 +113,16 @@ class Supervisor:
     def closing(self) -> bool:
         """CLOSED, or a close is pending."""
         return self._life.closing
+
+    @property
+    def stop_pending(self) -> bool:
+        """A disconnect or close was requested and not yet carried out."""
+        return self._life.stop_pending
+
+    @property
+    def hook_running(self) -> bool:
+        """``on_failed`` is being awaited."""
+        return self._hook_running
 
     @property
     def at_rest_disconnected(self) -> bool:
@@ -193,14 +205,26 @@ class Supervisor:
         error: BaseException | None = None
         detail: str | None = None
         result: object = False
+        self._hook_running = True
         with self.control.interruptible() as scope:
             try:
                 with trio.fail_after(timeout):
                     result = await self._on_failed(info)
             except trio.TooSlowError as exc:
                 error, detail = exc, f"on_failed took over {timeout:g} s"
-            except Exception as exc:
-                error = exc
+            except BaseException as exc:
+                # A hook with a nursery of its own raises groups; a stop's
+                # cancellation inside one must still reach its scope.
+                cancelled, errors = split_cancelled(exc)
+                if errors is not None and not isinstance(errors, Exception):
+                    raise  # KeyboardInterrupt and the like are not the hook's answer
+                if cancelled is not None:
+                    if errors is not None:
+                        self._events.hook_failed(hook="on_failed", error=errors)
+                    raise cancelled from None
+                error = errors
+            finally:
+                self._hook_running = False
         if scope.cancelled_caught:
             return  # a stop: the next action carries it out
         if error is None and not isinstance(result, bool):
@@ -233,6 +257,8 @@ class Supervisor:
             if to_state is S.CLOSED:
                 self.mailbox.close()
             limit = self._spec.config.stuck_after.get(to_state)
+            if limit is not None and record.retry_in is not None:
+                limit += record.retry_in  # a planned wait is not a stay held too long
             if limit is not None and self._nursery is not None:
                 self._nursery.start_soon(self._watch_stay, self._seq, to_state, limit)
             self.control.notify()

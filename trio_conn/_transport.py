@@ -24,7 +24,11 @@ Message = str | bytes
 #: ``async (message) -> None``: where a Socket delivers messages once told to.
 MessageSink = Callable[[Message], Awaitable[None]]
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# h11's field-value rule on the Latin-1 text: visible characters and obs-text,
+# single spaces or tabs between them.
+_VCHAR = r"[^\x00\s\u0100-\U0010ffff]"
+_HEADER_VALUE = re.compile(rf"(?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +82,19 @@ def parse_url(url: object, shown_as: str) -> Target:
 def check_headers(headers: object, source: str) -> list[tuple[str, str]]:
     """Validate request headers: a sequence of ``(name, value)`` str pairs.
 
+    A name must be an HTTP token (RFC 9110 section 5.1); a value must be
+    Latin-1 text with no NUL, no line break and no whitespace at either end
+    (RFC 9110 section 5.5, as h11 enforces it). Messages never show a value,
+    nor a name that is not a token (either may be a secret).
+
     :param source: where the headers came from, for the message.
     :raises TypeError: not a sequence of pairs of str.
-    :raises ValueError: a name that is not an HTTP token, or a value with CR/LF.
+    :raises ValueError: a name or a value that breaks its rule.
     """
     if isinstance(headers, str | bytes) or not isinstance(headers, Sequence):
-        raise TypeError(f"{source} must be a list of (name, value) str pairs, got {headers!r:.80}")
+        raise TypeError(
+            f"{source} must be a list of (name, value) str pairs, got a {type(headers).__name__}"
+        )
     checked = []
     for index, pair in enumerate(headers):
         if not (
@@ -97,10 +108,16 @@ def check_headers(headers: object, source: str) -> list[tuple[str, str]]:
                 f"got a {type(pair).__name__}"  # not the value itself: it may be a secret
             )
         name, value = pair
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"{source}[{index}] has an invalid header name {name!r}")
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"{source}[{index}] ({name}) value must not contain CR or LF")
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{source}[{index}] has an invalid header name ({len(name)} characters): "
+                "a name must be an HTTP token (RFC 9110 section 5.1)"
+            )
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                f"{source}[{index}] ({name}) value must be Latin-1 text with no NUL, no line "
+                "break and no whitespace at either end (RFC 9110 section 5.5)"
+            )
         checked.append((name, value))
     return checked
 
