@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
+
+from trio_conn.testing import FaultServer
 
 
 def all_tasks() -> Iterator[trio.lowlevel.Task]:
@@ -42,3 +44,40 @@ class PassThroughStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class FaultyStream(PassThroughStream):
+    """A client stream a test breaks on purpose.
+
+    ``stall``: the next writes of more than 100 bytes write half and hang (a
+    TCP send buffer that fills in the middle of a frame). ``broken``: every
+    write fails as a reset connection would.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.stall = False
+        self.broken = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset by peer")
+        if self.stall and len(data) > 100:
+            await super().send_all(data[: len(data) // 2])
+            await trio.sleep_forever()
+        await super().send_all(data)
+
+
+def faulty_opener(
+    server: FaultServer,
+) -> tuple[Callable[[str, int], Awaitable[trio.abc.Stream]], list[FaultyStream]]:
+    """An ``open_stream`` for ``server`` whose streams are :class:`FaultyStream`, and the
+    list they are appended to, in the order they were opened."""
+    streams: list[FaultyStream] = []
+
+    async def open_stream(host: str, port: int) -> trio.abc.Stream:
+        stream = FaultyStream(await server.open_stream(host, port))
+        streams.append(stream)
+        return stream
+
+    return open_stream, streams

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import PassThroughStream, library_tasks
+from tests.helpers import faulty_opener, library_tasks
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
@@ -109,29 +109,14 @@ async def test_a_hook_whose_nursery_raises_while_a_stop_interrupts_it(
     assert (failed["hook"], failed["error_type"]) == ("on_failed", "ExceptionGroup")
 
 
-class HalfWrite(PassThroughStream):
-    """A TCP send buffer that fills in the middle of the first large frame."""
-
-    done = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if len(data) > 1000 and not self.done:
-            self.done = True
-            await self._inner.send_all(bytes(data[: len(data) // 2]))
-            await trio.sleep_forever()
-        await self._inner.send_all(data)
-
-
 async def test_no_send_is_written_after_a_frame_was_cut_off(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_fault_server() as server:
-
-        async def opener(host: str, port: int) -> trio.abc.Stream:
-            return HalfWrite(await server.open_stream(host, port))
-
-        async with open_connection(server.url, open_stream=opener, heartbeat=None) as conn:
+        open_stream, streams = faulty_opener(server)
+        async with open_connection(server.url, open_stream=open_stream, heartbeat=None) as conn:
             await conn.wait_for_state(S.CONNECTED)
+            streams[0].stall = True
             with trio.move_on_after(1):
                 await conn.send("A" * 5000)
             with pytest.raises(NotConnected) as info:

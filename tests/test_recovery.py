@@ -18,7 +18,7 @@ import structlog
 import trio
 import trio.testing
 
-from tests.helpers import PassThroughStream
+from tests.helpers import faulty_opener
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
@@ -330,28 +330,11 @@ async def test_on_transition_gets_the_records_the_log_events_are_built_from(
 # 7. Small faults. ----------------------------------------------------------------
 
 
-class BreakableStream(PassThroughStream):
-    """A client stream whose writes fail once ``broken`` is set: the connection is lost."""
-
-    broken = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.broken:
-            raise trio.BrokenResourceError("connection reset by peer")
-        await super().send_all(data)
-
-
 async def test_a_send_that_loses_the_connection_says_so(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    streams: list[BreakableStream] = []
     async with open_fault_server() as server:
-
-        async def open_stream(host: str, port: int) -> trio.abc.Stream:
-            stream = BreakableStream(await server.open_stream(host, port))
-            streams.append(stream)
-            return stream
-
+        open_stream, streams = faulty_opener(server)
         records: list[TransitionRecord] = []
         async with open_connection(
             server.url,

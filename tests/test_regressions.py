@@ -7,7 +7,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.helpers import PassThroughStream, all_tasks
+from tests.helpers import all_tasks, faulty_opener
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
@@ -23,32 +23,11 @@ S = ConnectionState
 NO_JITTER = RetryPolicy(jitter=0.0)
 
 
-class HalfWritingStream(PassThroughStream):
-    """A client stream that, once ``stall`` is set, writes half of a send and hangs."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        super().__init__(inner)
-        self.stall = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.stall and len(data) > 100:
-            await super().send_all(data[: len(data) // 2])
-            await trio.sleep_forever()
-        await super().send_all(data)
-
-
 async def test_send_cancelled_mid_frame_drops_the_socket(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    streams: list[HalfWritingStream] = []
-
     async with open_fault_server() as server:
-
-        async def open_stream(host: str, port: int) -> trio.abc.Stream:
-            stream = HalfWritingStream(await server.open_stream(host, port))
-            streams.append(stream)
-            return stream
-
+        open_stream, streams = faulty_opener(server)
         records: list[TransitionRecord] = []
         async with open_connection(
             server.url,
