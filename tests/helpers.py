@@ -23,7 +23,12 @@ def all_tasks() -> Iterator[trio.lowlevel.Task]:
 
 def library_tasks() -> list[str]:
     """Names of the tasks of trio_conn's manager still alive anywhere in this run."""
-    prefixes = ("trio_conn._supervisor", "trio_conn._session", "trio_conn._heartbeat")
+    prefixes = (
+        "trio_conn._supervisor",
+        "trio_conn._session",
+        "trio_conn._heartbeat",
+        "trio_conn._transport",
+    )
     return [task.name for task in all_tasks() if task.name.startswith(prefixes)]
 
 

@@ -24,6 +24,7 @@ def test_defaults_are_the_design_defaults() -> None:
     assert config.receive_buffer == 64
     assert config.max_message_size == 1024 * 1024
     assert config.close_timeout == 5.0
+    assert config.max_message_fragments == 4096
     assert dict(config.stuck_after) == {
         ConnectionState.CONNECTING: 30.0,
         ConnectionState.RECONNECTING: 120.0,
@@ -47,7 +48,13 @@ def test_replace_revalidates() -> None:
 
 POSITIVE_SECONDS = ["heartbeat_interval", "heartbeat_timeout", "connect_timeout", "close_timeout"]
 NON_NEGATIVE_SECONDS = ["stable_after", "recovery_cooldown"]
-COUNTS = ["max_heartbeat_failures", "max_connection_failures", "receive_buffer", "max_message_size"]
+COUNTS = [
+    "max_heartbeat_failures",
+    "max_connection_failures",
+    "receive_buffer",
+    "max_message_size",
+    "max_message_fragments",
+]
 
 
 def test_every_field_is_covered_by_a_rule() -> None:

@@ -21,6 +21,7 @@ import trio.testing
 from tests.helpers import faulty_opener, library_tasks
 from trio_conn import (
     ConnectionConfig,
+    ConnectionRejected,
     ConnectionState,
     ErrorKind,
     FailureInfo,
@@ -257,7 +258,5 @@ async def test_a_send_during_a_requested_disconnect_says_closing_not_lost(
 
 
 def test_classify_survives_what_a_peer_sends() -> None:
-    from trio_websocket import ConnectionRejected
-
-    headers = ((b"retry-after", b"Mon, 01 Jan 2024 00:00:00 +9999999999999"),)
-    assert classify(ConnectionRejected(503, headers, None)) is ErrorKind.THROTTLED
+    headers = [(b"retry-after", b"Mon, 01 Jan 2024 00:00:00 +9999999999999")]
+    assert classify(ConnectionRejected(503, headers, b"")) is ErrorKind.THROTTLED

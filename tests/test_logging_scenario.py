@@ -165,7 +165,7 @@ async def test_ecs_lines(autojump_clock: trio.testing.MockClock) -> None:
         assert obj["event"]["type"] == expected_type
         assert obj["url"]["full"].startswith("ws://REDACTED:REDACTED@")
     assert changes[1]["event"]["outcome"] == "success"
-    assert changes[2]["error"]["type"] == "trio_websocket.ConnectionClosed"
+    assert changes[2]["error"]["type"] == "trio_conn.ConnectionClosed"
     assert changes[8]["event"]["outcome"] == "failure"
     total_ns = sum(o["event"]["duration"] for o in changes)
     assert total_ns == pytest.approx(lifetime(records) * 1e9, abs=len(changes))

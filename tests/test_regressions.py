@@ -14,6 +14,7 @@ from trio_conn import (
     FailureInfo,
     PingHeartbeat,
     RetryPolicy,
+    Session,
     TransitionRecord,
     open_connection,
 )
@@ -104,8 +105,13 @@ async def test_reset_cuts_the_recovery_cooldown_short(
             await conn.wait_for_state(S.CONNECTED)
 
 
-def heartbeat_tasks() -> int:
-    return sum(task.name.endswith("HeartbeatMonitor._send") for task in all_tasks())
+def session_tasks() -> list[str]:
+    """The tasks of the running session: its reader and its heartbeat."""
+    return sorted(
+        task.name
+        for task in all_tasks()
+        if task.name.endswith(("WebSocket.run_reader", "_session._run_heartbeat"))
+    )
 
 
 async def test_unanswered_pings_do_not_pile_up(
@@ -127,9 +133,12 @@ async def test_unanswered_pings_do_not_pile_up(
             nursery.start_soon(_drain, conn)
             await trio.sleep(607)  # 40 unanswered beats; 7 s off the beat boundaries
             assert conn.state is S.CONNECTED
-            # Each beat waits for its pong at most heartbeat_timeout (30 s); beats
-            # start every 15 s, so two overlap at most (before the fix: 40).
-            assert heartbeat_tasks() <= 2
+            # Beats follow one another in one task: an unanswered one holds
+            # nothing (before the fix: a task per beat, 40 of them).
+            assert session_tasks() == [
+                "trio_conn._session._run_heartbeat",
+                "trio_conn._transport.WebSocket.run_reader",
+            ]
             nursery.cancel_scope.cancel()
 
 
@@ -164,7 +173,7 @@ async def test_disconnect_returns_when_on_transition_reconnects(
 class RaisesWhenTornDown(PingHeartbeat):
     """A beat whose task raises, instead of ending quietly, when the session is torn down."""
 
-    async def beat(self, socket: Any, deadline: float) -> bool:
+    async def beat(self, session: Session) -> None:
         try:
             await trio.sleep_forever()
         finally:

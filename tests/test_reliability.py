@@ -65,7 +65,7 @@ async def test_garbage_handshake_is_a_classified_failure(
             await conn.send("works")
             assert await conn.receive() == "works"
     assert server.garbled == 1
-    assert records[1].reason == "other: LocalProtocolError during the handshake"
+    assert records[1].reason == "other: RemoteProtocolError during the handshake"
     assert records[1].duration < conn.config.connect_timeout  # refused at once, not timed out
 
 

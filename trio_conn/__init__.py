@@ -2,19 +2,28 @@
 
 from ._config import ConnectionConfig
 from ._connection import ManagedConnection, open_connection
-from ._exceptions import HeartbeatTimeout, NotConnected, SendInterrupted, TrioConnError
+from ._exceptions import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HeartbeatTimeout,
+    NotConnected,
+    SendInterrupted,
+    TrioConnError,
+)
 from ._failure import classify
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import configure_logging
 from ._policy import Backoff, ErrorKind, RetryPolicy
 from ._records import ConnectionStatistics, FailureInfo, RecoveryRecord, TransitionRecord
-from ._session import Session
 from ._state import TRANSITIONS, ConnectionState, InvalidTransition, StateMachine, Transition
+from ._transport import Session
 
 __all__ = [
     "TRANSITIONS",
     "Backoff",
+    "ConnectionClosed",
     "ConnectionConfig",
+    "ConnectionRejected",
     "ConnectionState",
     "ConnectionStatistics",
     "ErrorKind",

@@ -26,6 +26,7 @@ _COUNTS = (
     "max_connection_failures",
     "receive_buffer",
     "max_message_size",
+    "max_message_fragments",
 )
 
 
@@ -59,8 +60,12 @@ class ConnectionConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Messages buffered between the socket and the application.
     receive_buffer: int = 64
-    #: Largest message accepted from the peer, in bytes.
+    #: Largest message accepted from the peer, in bytes (UTF-8 for text, after
+    #: decompression); a larger one closes the connection with 1009.
     max_message_size: int = 1024 * 1024
+    #: Most frames one message may arrive in; more closes with 1009 (a peer
+    #: that streams empty continuation frames holds no memory for long).
+    max_message_fragments: int = 4096
     #: Bound on the closing handshake when the connection is closed.
     close_timeout: float = 5.0
     #: States watched for being held too long, with the limit in seconds.

@@ -11,23 +11,23 @@ from __future__ import annotations
 import itertools
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
 import trio
 
+from ._checks import check_async_callable, check_sync_callable
 from ._config import ConnectionConfig
 from ._events import ConnectionEvents, redact_url
-from ._exceptions import NotConnected, SendInterrupted, leaves
-from ._failure import describe_failure
-from ._heartbeat import Heartbeat, PingHeartbeat, check_async_callable, check_sync_callable
-from ._policy import ErrorKind
+from ._exceptions import ConnectionClosed, NotConnected, leaves
+from ._heartbeat import Heartbeat, PingHeartbeat
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
-from ._session import HeadersSource, Session, SessionSpec
+from ._request import StreamOpener, check_headers, check_subprotocols, open_tcp, parse_url
+from ._session import HeadersSource, SessionSpec
 from ._state import ConnectionState
 from ._supervisor import Supervisor
-from ._transport import Message, StreamOpener, check_headers, open_tcp, parse_url
+from ._transport import Data, Session
 
 __all__ = ["ManagedConnection", "open_connection"]
 
@@ -55,6 +55,8 @@ class ManagedConnection:
         name: str | None,
         ssl_context: ssl.SSLContext | None,
         open_stream: StreamOpener | None,
+        subprotocols: Sequence[str] = (),
+        compression: str | None = "deflate",
     ) -> None:
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         target = parse_url(url, shown)
@@ -79,6 +81,11 @@ class ManagedConnection:
             headers = check_headers(headers, "headers")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
+        if compression not in ("deflate", None):
+            raise ValueError(
+                f"compression must be 'deflate' (permessage-deflate, RFC 7692) or None, "
+                f"got {compression!r:.40}"
+            )
 
         #: The connection id (``conn_id`` in every event).
         self.name = name or f"conn-{next(_names)}-{secrets.token_hex(3)}"
@@ -92,6 +99,8 @@ class ManagedConnection:
             on_connect=on_connect,
             ssl_context=ssl_context,
             open_stream=open_stream or open_tcp,
+            subprotocols=check_subprotocols(subprotocols),
+            compression=compression is not None,
         )
         events = ConnectionEvents(self.name, url)
         if headers is not None and not callable(headers):
@@ -113,6 +122,11 @@ class ManagedConnection:
         """The URL, redacted as in the logs."""
         return self._supervisor.url
 
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose in the current (or last) handshake, or None."""
+        return self._supervisor.control.subprotocol
+
     async def wait_for_state(self, state: ConnectionState) -> None:
         """Return once the connection is in ``state``: at once if it is already.
 
@@ -133,8 +147,12 @@ class ManagedConnection:
                 raise trio.ClosedResourceError(f"connection {self.name} closed before {state}")
             await supervisor.control.wait_changed()
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Data) -> None:
         """Send a message: str as a text frame, bytes as a binary frame.
+
+        A send cancelled before its first byte was written fails alone; one
+        cut in the middle of its frame ends the session (the peer would read
+        what follows as garbage), and the connection reconnects.
 
         :raises NotConnected: the connection is not CONNECTED, a disconnect or
             close was requested (``closing``), or the WebSocket connection was
@@ -148,38 +166,18 @@ class ManagedConnection:
         if not isinstance(message, str | bytes):
             raise TypeError(f"message must be str or bytes, got {type(message).__name__}")
         control = self._supervisor.control
-        socket = control.socket
-        if self.state is not S.CONNECTED or socket is None:
+        websocket = control.websocket
+        if self.state is not S.CONNECTED or websocket is None:
             raise NotConnected(self.state)
         if control.stopping:
             raise NotConnected(self.state, closing=True)
-        if socket.send_error is not None:
-            # The session is ending: after a cut-off frame, a write would be
-            # read as the rest of it.
-            raise NotConnected(self.state, lost=True)
         try:
-            await socket.send(message)
-        except trio.Cancelled:
-            # Cut short, the write may have left part of a frame on the wire:
-            # the peer would read what follows as garbage. End this session.
-            if socket.send_error is None:
-                socket.send_error = SendInterrupted(
-                    "a send was cancelled mid-message; the WebSocket connection was dropped"
-                )
-            control.notify()
-            raise
-        except Exception as exc:
-            if not _connection_lost(exc):
-                raise  # refused before any byte was written (e.g. text that is not UTF-8)
-            # The session ends with this error (its reader may not notice a
-            # broken write by itself); the caller only needs to know this
-            # message was not sent.
-            if socket.send_error is None:
-                socket.send_error = exc
-            control.notify()
-            raise NotConnected(self.state, lost=True) from exc
+            await websocket.send(message)
+        except ConnectionClosed as exc:
+            closing = control.stopping  # it waited while a disconnect began
+            raise NotConnected(self.state, lost=not closing, closing=closing) from exc
 
-    async def receive(self) -> Message:
+    async def receive(self) -> Data:
         """The next message, waiting through reconnects.
 
         :raises trio.EndOfChannel: the connection is CLOSED and every buffered
@@ -187,10 +185,10 @@ class ManagedConnection:
         """
         return await self._supervisor.mailbox.get()
 
-    def __aiter__(self) -> AsyncIterator[Message]:
+    def __aiter__(self) -> AsyncIterator[Data]:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Data:
         try:
             return await self.receive()
         except trio.EndOfChannel:
@@ -269,6 +267,8 @@ async def open_connection(
     on_transition: Callable[[TransitionRecord], None] | None = None,
     name: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    subprotocols: Sequence[str] = (),
+    compression: str | None = "deflate",
     open_stream: StreamOpener | None = None,
 ) -> AsyncIterator[ManagedConnection]:
     """Open a managed connection to ``url`` and keep it alive for the block.
@@ -281,6 +281,10 @@ async def open_connection(
     :param on_transition: ``fn(record)``, called for every transition, in
         order, with the :class:`TransitionRecord` the log event is built from;
         an exception it raises is logged and never breaks the connection.
+    :param subprotocols: offered in ``Sec-WebSocket-Protocol`` (RFC 6455
+        section 1.9); ``conn.subprotocol`` is the one the server chose.
+    :param compression: ``"deflate"`` (default) offers permessage-deflate
+        (RFC 7692); None offers nothing.
     :param open_stream: ``async (host, port) -> trio.abc.Stream`` used instead
         of TCP, e.g. ``FaultServer.open_stream`` for exact virtual-time tests.
     :raises ValueError: a bad URL or argument value (the message says which).
@@ -297,6 +301,8 @@ async def open_connection(
         name=name,
         ssl_context=ssl_context,
         open_stream=open_stream,
+        subprotocols=subprotocols,
+        compression=compression,
     )
     supervisor = conn._supervisor
     user_error: BaseException | None = None
@@ -330,13 +336,6 @@ def _only(error: BaseException, group: BaseExceptionGroup[BaseException]) -> boo
     mine = [leaf for leaf in leaves(error) if not isinstance(leaf, trio.Cancelled)]
     found = [leaf for leaf in leaves(group) if not isinstance(leaf, trio.Cancelled)]
     return len(found) == len(mine) and all(a is b for a, b in zip(found, mine, strict=True))
-
-
-def _connection_lost(error: Exception) -> bool:
-    """Whether a send's error means the WebSocket connection is gone."""
-    if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
-        return True
-    return describe_failure(error).kind is ErrorKind.UNEXPECTED_CLOSE
 
 
 def _reraise(error: BaseException) -> NoReturn:

@@ -36,6 +36,40 @@ class SendInterrupted(TrioConnError):
     """A send was cancelled part way: the socket may hold half a frame, so it was dropped."""
 
 
+class ConnectionClosed(TrioConnError):
+    """A WebSocket connection ended: a close frame, or the stream just ended (1006).
+
+    :ivar code: the close code (RFC 6455 section 7.4): the peer's, or the one
+        the client closed with (1009 for an oversized message, 1002 for a
+        protocol error), 1006 when no close frame was exchanged.
+    :ivar reason: the close frame's reason text, or None.
+    """
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        text = f"WebSocket connection closed with code {code}"
+        if reason:
+            text += f": {reason}"
+        super().__init__(text)
+        self.code = code
+        self.reason = reason
+
+
+class ConnectionRejected(TrioConnError):
+    """The server answered the WebSocket handshake with an HTTP status other than 101.
+
+    :ivar status_code: the HTTP status (RFC 9110 section 15).
+    :ivar headers: the response's headers, as ``(name, value)`` bytes pairs
+        (they may set cookies: never logged).
+    :ivar body: the start of the response body (at most 64 KiB).
+    """
+
+    def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(f"WebSocket handshake rejected with HTTP status {status_code}")
+        self.status_code = status_code
+        self.headers = headers
+        self.body = body
+
+
 class HeartbeatTimeout(TrioConnError):
     """The peer missed ``misses`` consecutive heartbeats: it is judged dead."""
 

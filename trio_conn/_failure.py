@@ -15,9 +15,8 @@ import time
 from collections.abc import Sequence
 
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError
 
-from ._exceptions import HeartbeatTimeout, leaves
+from ._exceptions import ConnectionClosed, ConnectionRejected, HeartbeatTimeout, leaves
 from ._policy import ErrorKind, FailureDetails, RetryPolicy
 
 _REJECTED_STATUSES = frozenset({401, 403})
@@ -80,13 +79,10 @@ def _describe(exc: BaseException) -> FailureDetails:
             kind = ErrorKind.OTHER
         return FailureDetails(kind, error, status_code=status, retry_after=retry_after)
     if isinstance(error, ConnectionClosed):
-        code = int(error.reason.code) if error.reason is not None else None
-        return FailureDetails(ErrorKind.UNEXPECTED_CLOSE, error, close_code=code)
+        return FailureDetails(ErrorKind.UNEXPECTED_CLOSE, error, close_code=error.code)
     if isinstance(error, HeartbeatTimeout):
         return FailureDetails(ErrorKind.HEARTBEAT, error)
-    if isinstance(error, trio.TooSlowError | ConnectionTimeout | TimeoutError):
-        return FailureDetails(ErrorKind.NETWORK, error)
-    if isinstance(error, HandshakeError) and isinstance(error.__cause__, OSError):
+    if isinstance(error, trio.TooSlowError | TimeoutError):
         return FailureDetails(ErrorKind.NETWORK, error)
     if isinstance(error, trio.BrokenResourceError):
         # A TLS failure (bad certificate) will not heal by itself; a broken

@@ -1,4 +1,4 @@
-"""Mailbox: the receive buffer between trio-websocket's reader and ``receive()``.
+"""Mailbox: the receive buffer between the reader task and ``receive()``.
 
 A bounded deque with two parking lots, instead of a memory channel, for the
 hot path: a ``get`` that finds a message ready takes it without a schedule
@@ -96,6 +96,21 @@ class Mailbox(Generic[T]):
         if self._gets_since_yield >= YIELD_EVERY:
             self._gets_since_yield = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    def get_nowait(self) -> T:
+        """Take the oldest item without waiting.
+
+        :raises trio.WouldBlock: the mailbox is empty (and not closed).
+        :raises trio.EndOfChannel: closed, and every item has been taken.
+        """
+        if not self._items:
+            if self._closed:
+                raise trio.EndOfChannel
+            raise trio.WouldBlock
+        item = self._items.popleft()
+        if self._writable and len(self._items) <= self._low_water:
+            self._writable.unpark_all()
         return item
 
     def close(self) -> None:

@@ -1,18 +1,18 @@
 """One attempt and the life of one WebSocket connection, under its own nursery.
 
-A session opens the byte stream, does the handshake and ``on_connect``
-(all within ``connect_timeout``), then holds the connection: messages go into
-the mailbox, the heartbeat judges the peer. It never changes state and never
-talks to the lifecycle: it *returns* how it ended (:class:`SessionEnd`), and
-the supervisor decides. Its nursery::
+A session opens the byte stream (TCP, TLS, or ``open_stream``), does the
+WebSocket handshake and ``on_connect`` (all within ``connect_timeout``), then
+holds the connection: messages go into the mailbox, the heartbeat judges the
+peer. It never changes state and never talks to the lifecycle: it *returns*
+how it ended (:class:`SessionEnd`), and the supervisor decides. Its nursery::
 
-    session nursery                     (one per attempt; ends with the session)
-    ├── trio-websocket's reader task    reads frames, delivers into the mailbox
-    ├── heartbeat loop                  HeartbeatMonitor.run: beats, misses
-    └── beat tasks                      one per beat in flight, each bounded
+    session nursery              (one per attempt; ends with the session)
+    ├── reader task              WebSocket.run_reader: frames, pongs, limits,
+    │                            every end; delivers into the mailbox
+    └── heartbeat task           HeartbeatMonitor.run: beats, misses
 
-When :func:`run_session` returns, every task of the session has ended and
-its stream is closed: at most one stream is open per connection.
+When :func:`run_session` returns, every task of it has ended and its stream
+is closed: at most one stream is open per connection.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from ._failure import describe_failure
 from ._heartbeat import Heartbeat, HeartbeatMonitor
 from ._mailbox import Mailbox
 from ._policy import FailureDetails
-from ._transport import Message, Socket, StreamOpener, Target, check_headers
+from ._request import StreamOpener, Target, check_headers
+from ._transport import Data, Session, WebSocket
 
 Headers: TypeAlias = list[tuple[str, str]]
 HeadersSource: TypeAlias = Headers | Callable[[], Awaitable[Headers]] | None
@@ -39,23 +40,6 @@ HeadersSource: TypeAlias = Headers | Callable[[], Awaitable[Headers]] | None
 HANDSHAKE = "during the handshake"
 ON_CONNECT = "in on_connect"
 CONNECTED = "while connected"
-
-
-class Session:
-    """One WebSocket connection, given to ``on_connect`` for its init handshake."""
-
-    __slots__ = ("_socket",)
-
-    def __init__(self, socket: Socket) -> None:
-        self._socket = socket
-
-    async def send(self, message: Message) -> None:
-        """Send a message (str: a text frame; bytes: a binary frame) on this connection."""
-        await self._socket.send(message)
-
-    async def receive(self) -> Message:
-        """Receive the next message of this connection."""
-        return await self._socket.receive()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +53,8 @@ class SessionSpec:
     on_connect: Callable[[Session], Awaitable[None]] | None
     ssl_context: ssl.SSLContext | None
     open_stream: StreamOpener
+    subprotocols: tuple[str, ...]
+    compression: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +75,7 @@ class Control:
     read: the live WebSocket connection and the heartbeat's round trip.
     """
 
-    __slots__ = ("_lot", "_scopes", "monitor", "rtt", "socket", "stopping")
+    __slots__ = ("_lot", "_scopes", "monitor", "rtt", "stopping", "subprotocol", "websocket")
 
     def __init__(self) -> None:
         self._lot = trio.lowlevel.ParkingLot()
@@ -97,7 +83,9 @@ class Control:
         #: A stop is pending: the session closes gracefully and returns.
         self.stopping = False
         #: The CONNECTED session's WebSocket connection, for ``conn.send()``.
-        self.socket: Socket | None = None
+        self.websocket: WebSocket | None = None
+        #: The subprotocol of the current (or last) session.
+        self.subprotocol: str | None = None
         #: The running heartbeat, and the last round trip of an ended one.
         self.monitor: HeartbeatMonitor | None = None
         self.rtt: float | None = None
@@ -140,44 +128,50 @@ class Control:
 async def run_session(
     spec: SessionSpec,
     control: Control,
-    mailbox: Mailbox[Message],
+    mailbox: Mailbox[Data],
     events: ConnectionEvents,
     opened: Callable[[], None],
 ) -> SessionEnd:
     """One attempt and, if it succeeds, the life of that connection.
 
     ``opened()`` is called once the handshake and ``on_connect`` succeeded,
-    with ``control.socket`` set: the supervisor publishes CONNECTED there.
+    with ``control.websocket`` set: the supervisor publishes CONNECTED there.
     Returns when the connection failed or a stop ended it; a cancellation
     from outside (the close outlived its bound) propagates.
     """
     config = spec.config
-    socket = Socket(
-        spec.target,
-        max_message_size=config.max_message_size,
-        queue_size=config.receive_buffer,
-        on_closed=control.notify,
-    )
+    streams: list[trio.abc.Stream] = []  # every stream opened, closed at the end
     phase = HANDSHAKE
     try:
         async with trio.open_nursery() as nursery:
-            with control.interruptible() as attempt_scope, trio.fail_after(config.connect_timeout):
+            with control.interruptible() as attempt, trio.fail_after(config.connect_timeout):
                 headers = await _attempt_headers(spec.headers, events)
-                await socket.open(
-                    nursery,
+                websocket = WebSocket(
+                    await _open(spec, streams),
+                    max_message_size=config.max_message_size,
+                    max_fragments=config.max_message_fragments,
+                    buffer=config.receive_buffer,
+                    on_change=control.notify,
+                )
+                await websocket.handshake(
+                    spec.target,
                     headers=headers,
-                    ssl_context=spec.ssl_context,
-                    open_stream=spec.open_stream,
+                    subprotocols=spec.subprotocols,
+                    compression=spec.compression,
                 )
                 del headers  # not kept alive for the connection's life
+                control.subprotocol = websocket.subprotocol
+                nursery.start_soon(websocket.run_reader)
                 if spec.on_connect is not None:
                     phase = ON_CONNECT
-                    await spec.on_connect(Session(socket))
-            stopped = attempt_scope.cancelled_caught
-            del attempt_scope  # not kept alive for the connection's life
+                    await spec.on_connect(Session(websocket))
+                    if websocket.send_error is not None:  # cut mid-frame: never CONNECTED
+                        raise websocket.send_error
+            stopped = attempt.cancelled_caught
+            del attempt  # not kept alive for the connection's life
             if not stopped:
                 phase = CONNECTED
-                await _Live(spec, control, mailbox, events, socket).hold(nursery, opened)
+                await _Live(spec, control, mailbox, events, websocket).hold(nursery, opened)
             nursery.cancel_scope.cancel()
         return SessionEnd(None, phase)
     except BaseException as exc:
@@ -194,13 +188,29 @@ async def run_session(
             raise
         return SessionEnd(describe_failure(errors), phase)
     finally:
-        control.socket = None
+        control.websocket = None
         monitor = control.monitor
         if monitor is not None:
             if monitor.rtt is not None:
                 control.rtt = monitor.rtt
             control.monitor = None
-        await socket.abort()
+        with trio.CancelScope(shield=True):
+            for stream in reversed(streams):
+                await trio.aclose_forcefully(stream)
+
+
+async def _open(spec: SessionSpec, streams: list[trio.abc.Stream]) -> trio.abc.Stream:
+    """Open the byte stream, TLS over it for wss://; every stream goes into ``streams``."""
+    target = spec.target
+    stream = await spec.open_stream(target.host, target.port)
+    streams.append(stream)
+    if target.secure:
+        context = spec.ssl_context or ssl.create_default_context()
+        tls = trio.SSLStream(stream, context, server_hostname=target.host, https_compatible=True)
+        streams.append(tls)
+        await tls.do_handshake()
+        stream = tls
+    return stream
 
 
 async def _attempt_headers(source: HeadersSource, events: ConnectionEvents) -> Headers:
@@ -212,56 +222,74 @@ async def _attempt_headers(source: HeadersSource, events: ConnectionEvents) -> H
 
 
 class _Live:
-    """A CONNECTED session: delivery into the mailbox, the heartbeat, the end."""
+    """A CONNECTED session: the sink of its messages, its heartbeat, its end."""
 
-    __slots__ = ("_control", "_events", "_mailbox", "_monitor", "_socket", "_spec")
+    __slots__ = (
+        "_control",
+        "_dropping",
+        "_events",
+        "_heartbeat",
+        "_mailbox",
+        "_monitor",
+        "_spec",
+        "_websocket",
+    )
 
     def __init__(
         self,
         spec: SessionSpec,
         control: Control,
-        mailbox: Mailbox[Message],
+        mailbox: Mailbox[Data],
         events: ConnectionEvents,
-        socket: Socket,
+        websocket: WebSocket,
     ) -> None:
         self._spec = spec
         self._control = control
         self._mailbox = mailbox
         self._events = events
-        self._socket = socket
+        self._websocket = websocket
+        heartbeat = spec.heartbeat
+        # Replies that arrive as messages are looked for in each message.
+        self._heartbeat = heartbeat if heartbeat and heartbeat.replies_are_messages else None
         self._monitor: HeartbeatMonitor | None = None
+        self._dropping = False  # a stop left a message undelivered: drop the tail, no gap
 
     async def hold(self, nursery: trio.Nursery, opened: Callable[[], None]) -> None:
         """Hold the connection until it fails (raise) or a stop is requested (return).
 
-        On a stop the heartbeat is cancelled first, so that the closing
-        handshake has a live reader to read the peer's answer.
+        On a stop the closing handshake starts (after any frame being
+        written), then the heartbeat is cancelled, and the reader reads the
+        peer's answer.
         """
-        spec, control, socket = self._spec, self._control, self._socket
+        spec, control, websocket = self._spec, self._control, self._websocket
         config = spec.config
-        control.socket = socket
+        control.websocket = websocket
         opened()
         heartbeat_scope = None
         if spec.heartbeat is not None:
-            self._monitor = control.monitor = HeartbeatMonitor(
+            self._monitor = control.monitor = monitor = HeartbeatMonitor(
                 spec.heartbeat,
+                websocket,
                 interval=config.heartbeat_interval,
                 timeout=config.heartbeat_timeout,
                 max_misses=config.max_heartbeat_failures,
                 on_miss=self._heartbeat_missed,
             )
-            heartbeat_scope = await nursery.start(_run_heartbeat, self._monitor, socket, nursery)
-        await socket.deliver_to(self._deliver)
-        while not control.stopping and socket.send_error is None and not socket.closed:
+            if not spec.heartbeat.replies_are_messages:
+                websocket.on_pong = monitor.reply_arrived
+            heartbeat_scope = await nursery.start(_run_heartbeat, monitor)
+        await websocket.deliver_to(self)
+        while not control.stopping and websocket.send_error is None and websocket.end is None:
             await control.wait_changed()
-        if heartbeat_scope is not None:
-            heartbeat_scope.cancel()
-        if socket.send_error is not None:
-            raise socket.send_error
-        if not control.stopping:
-            socket.raise_closed()
+        if websocket.send_error is not None:
+            raise websocket.send_error
+        if websocket.end is not None:
+            raise websocket.end
+        stop_heartbeat = heartbeat_scope.cancel if heartbeat_scope is not None else None
         with trio.move_on_after(config.close_timeout, shield=True):
-            await socket.close_gracefully()
+            await websocket.close(written=stop_heartbeat)
+        if heartbeat_scope is not None:  # the close outlived its bound
+            heartbeat_scope.cancel()
 
     def _heartbeat_missed(self, misses: int) -> None:
         config = self._spec.config
@@ -271,41 +299,41 @@ class _Live:
             timeout=config.heartbeat_timeout,
         )
 
-    async def _deliver(self, message: Message) -> None:
-        """Put one message in the receive buffer; runs in trio-websocket's reader task.
+    # -- the sink of the reader (trio_conn/_transport.py: MessageSink) ---------
 
-        Heartbeat replies are consumed here. When the buffer is full the
-        reader waits (backpressure, no loss) and the heartbeat counts no
-        misses meanwhile; a stop request ends the wait, so that the reader can
-        read the close handshake (the message is then dropped, as the session
-        ends).
-        """
-        monitor = self._monitor
-        if monitor is not None:
-            monitor.message_arrived()
-            heartbeat = self._spec.heartbeat
-            if (
-                heartbeat is not None
-                and heartbeat.replies_are_messages
-                and self._is_heartbeat_reply(heartbeat, message)
-            ):
-                monitor.reply_arrived()
-                return
+    def offer(self, message: Data) -> bool:
+        """Take a message without waiting: a heartbeat's reply is consumed here."""
+        heartbeat = self._heartbeat
+        if heartbeat is not None and self._is_reply(heartbeat, message):
+            if self._monitor is not None:
+                self._monitor.reply_arrived()
+            return True
+        if self._dropping:
+            return True
         try:
             self._mailbox.put_nowait(message)
-            return
         except trio.WouldBlock:
-            pass
+            return False
+        return True
+
+    async def put(self, message: Data) -> None:
+        """Wait for room for ``message`` (backpressure, no loss): the heartbeat counts
+        no miss meanwhile. A stop ends the wait: this message and every later one
+        are dropped (the tail, never the middle), so the reader can read the
+        closing handshake."""
+        monitor = self._monitor
         if monitor is not None:
             monitor.reader_blocked(True)
         try:
-            with self._control.interruptible():
+            with self._control.interruptible() as scope:
                 await self._mailbox.put(message)
+            if scope.cancelled_caught:
+                self._dropping = True
         finally:
             if monitor is not None:
                 monitor.reader_blocked(False)
 
-    def _is_heartbeat_reply(self, heartbeat: Heartbeat, message: Message) -> bool:
+    def _is_reply(self, heartbeat: Heartbeat, message: Data) -> bool:
         try:
             return heartbeat.is_response(message)
         except Exception as exc:
@@ -315,20 +343,13 @@ class _Live:
 
 async def _run_heartbeat(
     monitor: HeartbeatMonitor,
-    socket: Socket,
-    nursery: trio.Nursery,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The session's heartbeat, under a scope the session can cancel on a stop.
-
-    Beats are sent from tasks in the session's ``nursery``: one still
-    writing when the close starts finishes its frame first (trio-websocket
-    serialises writes), and the session's end cancels them.
-    """
+    """The session's heartbeat, under a scope the session cancels on a stop."""
     with trio.CancelScope() as scope:
         task_status.started(scope)
         del task_status  # it holds start()'s scaffolding: not for the session's life
-        await monitor.run(socket, nursery)
+        await monitor.run()
 
 
 def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:

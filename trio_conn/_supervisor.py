@@ -47,7 +47,7 @@ from ._records import (
 )
 from ._session import Control, SessionSpec, run_session, split_cancelled
 from ._state import ConnectionState
-from ._transport import Message
+from ._transport import Data
 
 S = ConnectionState
 OnFailed = Callable[[FailureInfo], Awaitable[bool]]
@@ -93,7 +93,7 @@ class Supervisor:
         #: Shared with the sessions: stop flag, wake-ups, the live connection.
         self.control = Control()
         #: The receive buffer, across sessions; closed at CLOSED.
-        self.mailbox: Mailbox[Message] = Mailbox(spec.config.receive_buffer)
+        self.mailbox: Mailbox[Data] = Mailbox(spec.config.receive_buffer)
         #: Shielded: an outside cancellation must not cut the graceful close
         #: short; open_connection cancels it once the close had its bound.
         self.scope = trio.CancelScope(shield=True)

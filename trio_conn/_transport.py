@@ -1,325 +1,532 @@
-"""Everything that knows trio-websocket's connection: URL parsing, opening, I/O, closing.
+"""One WebSocket connection over one byte stream, on wsproto's public API.
 
-The rest of the library talks to :class:`Socket`; what its exceptions mean
-is ``trio_conn/_failure.py``'s.
+:class:`WebSocket` does the opening handshake, reads frames in one reader task
+(:meth:`WebSocket.run_reader`), writes frames, answers pings, enforces the
+limits and runs the closing handshake. It keeps the wire-level figures the
+heartbeat judges liveness by: bytes received (even inside one frame) and
+bytes of frames the stream has accepted.
+
+Rules of the house:
+
+- Frames are generated and written under one lock, in the order they were
+  generated (permessage-deflate's state advances when a frame is generated:
+  a frame that was generated is written whole, or the connection is done).
+- A send cancelled before its first byte was written fails alone; one cut
+  in the middle of a frame makes the connection unusable (``send_error``):
+  the peer would read what follows as the rest of that frame.
+- The reader never waits for the write lock: a pong it owes while another
+  task writes is queued, and that task writes it right after its frame.
+- Limits are checked as data arrives: ``max_message_size`` in bytes (UTF-8
+  for text, after decompression) and ``max_fragments`` frames per message.
+  With compression, data is fed to wsproto in slices of
+  :data:`COMPRESSED_SLICE` bytes, so one feed inflates to at most about a
+  thousand times that before the size check runs.
+- Every end is noticed by the reader at once (a close frame, EOF, a reset,
+  a protocol error, a message over a limit) and raised as
+  :class:`~trio_conn.ConnectionClosed`.
 """
 
 from __future__ import annotations
 
-import re
-import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import NoReturn
-from urllib.parse import urlsplit
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import trio
 import wsproto
-import wsproto.events
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.connection import ConnectionState as WireState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+from wsproto.utilities import LocalProtocolError
 
-#: ``async (host, port) -> trio.abc.Stream``: how a Socket gets its byte stream.
-StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
-Message = str | bytes
-#: ``async (message) -> None``: where a Socket delivers messages once told to.
-MessageSink = Callable[[Message], Awaitable[None]]
+from ._exceptions import ConnectionClosed, ConnectionRejected, SendInterrupted
+from ._mailbox import Mailbox
+from ._request import Target
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# h11's field-value rule on the Latin-1 text: visible characters and obs-text,
-# single spaces or tabs between them.
-_VCHAR = r"[^\x00\s\u0100-\U0010ffff]"
-_HEADER_VALUE = re.compile(rf"(?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?", re.ASCII)
+Data = str | bytes
 
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where to connect, parsed from a ws:// or wss:// URL."""
-
-    host: str
-    port: int
-    resource: str  # path and query, as sent in the request line
-    secure: bool
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.secure else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-def parse_url(url: object, shown_as: str) -> Target:
-    """Parse a WebSocket URL.
-
-    :param shown_as: how the URL appears in error messages (redacted).
-    :raises TypeError: ``url`` is not a str.
-    :raises ValueError: the URL is empty, not ws:// or wss://, has no host,
-        contains whitespace or has an invalid port; the message says which.
-    """
-    if not isinstance(url, str):
-        raise TypeError(f"url must be a str, got {type(url).__name__}")
-    if not url:
-        raise ValueError("url must not be empty")
-    if any(ch.isspace() for ch in url):
-        raise ValueError(f"url must not contain whitespace: {shown_as!r}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("ws", "wss"):
-        raise ValueError(f"url must start with ws:// or wss://, got {shown_as!r}")
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"url must name a host: {shown_as!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"url has an invalid port (must be 0-65535): {shown_as!r}") from None
-    secure = scheme == "wss"
-    resource = parts.path or "/"
-    if parts.query:
-        resource += "?" + parts.query
-    return Target(host, port or (443 if secure else 80), resource, secure)
+#: Bytes asked of the stream per read: 16 KiB messages arrive several per
+#: read (4 KiB reads made them about six times slower).
+READ_SIZE = 65536
+#: With compression on, bytes fed to wsproto at a time (see the rules above).
+COMPRESSED_SLICE = 1024
+#: Frames longer than four of these are written in chunks of it: each chunk
+#: the stream accepts shows the peer reads (Trio's TCP streams set
+#: TCP_NOTSENT_LOWAT, so acceptance follows the peer's reading).
+WRITE_CHUNK = 16384
+#: Most of a rejection's body kept, in bytes.
+MAX_REJECTION_BODY = 65536
+#: Longest the reader waits to write a close frame of its own (the answer to
+#: the peer's, or 1009/1002) before it ends the session anyway, in seconds.
+CLOSE_FRAME_BOUND = 1.0
+_OPEN = WireState.OPEN
 
 
-def check_headers(headers: object, source: str) -> list[tuple[str, str]]:
-    """Validate request headers: a sequence of ``(name, value)`` str pairs.
+class MessageSink(Protocol):
+    """Where the reader delivers whole messages."""
 
-    A name must be an HTTP token (RFC 9110 section 5.1); a value must be
-    Latin-1 text with no NUL, no line break and no whitespace at either end
-    (RFC 9110 section 5.5, as h11 enforces it). Messages never show a value,
-    nor a name that is not a token (either may be a secret).
+    def offer(self, message: Data) -> bool:
+        """Take ``message`` without waiting; False if there is no room now."""
 
-    :param source: where the headers came from, for the message.
-    :raises TypeError: not a sequence of pairs of str.
-    :raises ValueError: a name or a value that breaks its rule.
-    """
-    if isinstance(headers, str | bytes) or not isinstance(headers, Sequence):
-        raise TypeError(
-            f"{source} must be a list of (name, value) str pairs, got a {type(headers).__name__}"
-        )
-    checked = []
-    for index, pair in enumerate(headers):
-        if not (
-            isinstance(pair, tuple)
-            and len(pair) == 2
-            and isinstance(pair[0], str)
-            and isinstance(pair[1], str)
-        ):
-            raise TypeError(
-                f"{source}[{index}] must be a (name, value) pair of str, "
-                f"got a {type(pair).__name__}"  # not the value itself: it may be a secret
-            )
-        name, value = pair
-        if not _HEADER_NAME.fullmatch(name):
-            raise ValueError(
-                f"{source}[{index}] has an invalid header name ({len(name)} characters): "
-                "a name must be an HTTP token (RFC 9110 section 5.1)"
-            )
-        if not _HEADER_VALUE.fullmatch(value):
-            raise ValueError(
-                f"{source}[{index}] ({name}) value must be Latin-1 text with no NUL, no line "
-                "break and no whitespace at either end (RFC 9110 section 5.5)"
-            )
-        checked.append((name, value))
-    return checked
+    async def put(self, message: Data) -> None:
+        """Take ``message``, waiting for room."""
 
 
-async def open_tcp(host: str, port: int) -> trio.abc.Stream:
-    """The default :data:`StreamOpener`: a TCP connection."""
-    return await trio.open_tcp_stream(host, port)
+class _Buffer:
+    """The sink until the session takes over: messages for ``on_connect``'s receive()."""
+
+    __slots__ = ("mailbox",)
+
+    def __init__(self, capacity: int) -> None:
+        self.mailbox: Mailbox[Data] = Mailbox(capacity)
+
+    def offer(self, message: Data) -> bool:
+        try:
+            self.mailbox.put_nowait(message)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def put(self, message: Data) -> None:
+        await self.mailbox.put(message)
 
 
-class _Inbox:
-    """Stands in for trio-websocket's internal send channel: its reader puts each
-    message here.
-
-    Until :meth:`Socket.deliver_to`, messages go to trio-websocket's own queue
-    (read by :meth:`Socket.receive`, for ``on_connect``); after it, straight to
-    the sink, from the reader task itself: no task and no queue in between.
-    """
-
-    def __init__(
-        self, queue: trio.MemorySendChannel[Message], on_closed: Callable[[], None]
-    ) -> None:
-        self._queue = queue
-        self._on_closed = on_closed
-        self.sink: MessageSink | None = None
-        self.closed = False
-
-    async def send(self, message: Message) -> None:
-        sink = self.sink
-        if sink is None:
-            await self._queue.send(message)
-        else:
-            await sink(message)
-
-    async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._on_closed()
-        await self._queue.aclose()
-
-    async def __aenter__(self) -> _Inbox:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+class _TooBig(Exception):
+    """Internal: a message broke a limit (the reason says which)."""
 
 
-class Socket:
+class WebSocket:
     """One WebSocket connection over one byte stream, owned by one session.
 
-    The stream is opened by the manager's opener (TCP by default) and wrapped
-    with trio-websocket, so the manager can always close the stream itself:
-    trio-websocket's own close can return early and leave it open. The
-    connection object is built here as ``wrap_client_stream`` builds it, with
-    the reader's message channel replaced by an :class:`_Inbox` (trio-websocket
-    0.12's ``_send_channel``, pinned below 0.13).
+    :param stream: the byte stream (TCP, TLS, or ``open_stream``'s).
+    :param max_message_size: largest message accepted, in bytes (UTF-8 for
+        text, after decompression); a larger one is closed with 1009.
+    :param max_fragments: most frames one message may arrive in; more is
+        closed with 1009.
+    :param buffer: messages held for :meth:`receive` until :meth:`deliver_to`.
+    :param on_change: called when the connection ends or can no longer be
+        written to: wakes the session.
     """
 
     def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_message_size: int,
+        max_fragments: int,
+        buffer: int,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._stream = stream
+        self._ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._max_size = max_message_size
+        self._max_fragments = max_fragments
+        self._on_change = on_change
+        self._lock = trio.StrictFIFOLock()
+        self._owed: deque[bytes] = deque()  # pongs owed while another task writes
+        self._buffer = _Buffer(buffer)
+        self._sink: MessageSink = self._buffer
+        self._parts: list[str | bytes | bytearray] = []  # the message being assembled
+        self._size = 0
+        self._fragments = 0
+        self._slice = 0  # bytes fed to wsproto at a time; 0: a whole read
+        self._pings = itertools.count(1)
+        self._close_sent = False
+        self._done = trio.Event()  # our closing handshake finished, or the connection ended
+        #: Called when a pong arrives (the heartbeat's reply).
+        self.on_pong: Callable[[], None] | None = None
+        #: The subprotocol the server chose, or None.
+        self.subprotocol: str | None = None
+        #: Whether permessage-deflate was negotiated.
+        self.compressed = False
+        #: Bytes received from the peer so far (handshake included).
+        self.bytes_received = 0
+        #: Bytes of frames the stream has accepted so far.
+        self.bytes_written = 0
+        #: Why this connection can no longer be written to: a send cut in the
+        #: middle of a frame (SendInterrupted) or a broken stream.
+        self.send_error: BaseException | None = None
+        #: Why the connection ended, once it has (None after our own close).
+        self.end: ConnectionClosed | None = None
+
+    # -- the opening handshake -----------------------------------------------
+
+    async def handshake(
         self,
         target: Target,
         *,
-        max_message_size: int,
-        queue_size: int,
-        on_closed: Callable[[], None],
+        headers: Sequence[tuple[str, str]],
+        subprotocols: Sequence[str],
+        compression: bool,
     ) -> None:
-        self._target = target
-        self._on_closed = on_closed
-        self._max_message_size = max_message_size
-        self._queue_size = queue_size
-        self._stream: trio.abc.Stream | None = None
-        self._ws: WebSocketConnection | None = None
-        self._inbox: _Inbox | None = None
-        self._ping_counter = 0
-        #: Why the application's send made this connection unusable: a
-        #: SendInterrupted (cut short: the stream may hold half a frame) or
-        #: what the send raised. The session ends with it.
-        self.send_error: BaseException | None = None
+        """Send the upgrade request and read the answer (RFC 6455 section 4).
 
-    async def open(
-        self,
-        nursery: trio.Nursery,
-        *,
-        headers: list[tuple[str, str]],
-        ssl_context: ssl.SSLContext | None,
-        open_stream: StreamOpener,
-    ) -> None:
-        """Open the stream (TLS for wss) and do the WebSocket handshake.
-
-        trio-websocket's reader task runs in ``nursery``; a rejection is
-        raised from it (into ``nursery``), as ``ConnectionRejected``. The
-        caller bounds the whole call: trio-websocket does not.
+        :raises ConnectionRejected: the server answered with another status.
+        :raises trio.BrokenResourceError: the stream ended or was reset
+            before the answer was complete.
+        :raises wsproto.utilities.RemoteProtocolError: the answer is not a
+            valid WebSocket handshake.
         """
-        target = self._target
-        stream = await open_stream(target.host, target.port)
-        self._stream = stream
-        if target.secure:
-            context = ssl_context if ssl_context is not None else ssl.create_default_context()
-            tls = trio.SSLStream(
-                stream, context, server_hostname=target.host, https_compatible=True
-            )
-            self._stream = tls
-            await tls.do_handshake()
-            stream = tls
-        ws = WebSocketConnection(
-            stream,
-            wsproto.WSConnection(wsproto.ConnectionType.CLIENT),
+        request = Request(
             host=target.host_header,
-            path=target.resource,
-            client_extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            message_queue_size=self._queue_size,
-            max_message_size=self._max_message_size,
+            target=target.resource,
+            extra_headers=[(k.encode("ascii"), v.encode("latin-1")) for k, v in headers],
+            subprotocols=list(subprotocols),
+            extensions=[PerMessageDeflate()] if compression else [],
         )
-        inbox = _Inbox(ws._send_channel, self._on_closed)
-        ws._send_channel = inbox  # type: ignore[assignment]
-        self._ws, self._inbox = ws, inbox
-        nursery.start_soon(ws._reader_task)
-        await ws._open_handshake.wait()
+        await self._stream.send_all(self._ws.send(request))
+        rejection: ConnectionRejected | None = None
+        while True:
+            data = await self._stream.receive_some(READ_SIZE)
+            if not data:
+                raise trio.BrokenResourceError("the peer ended the stream during the handshake")
+            self.bytes_received += len(data)
+            self._ws.receive_data(bytes(data))
+            for event in self._ws.events():
+                if isinstance(event, AcceptConnection):
+                    self.subprotocol = event.subprotocol
+                    self.compressed = bool(event.extensions)
+                    self._slice = COMPRESSED_SLICE if self.compressed else 0
+                    return
+                if isinstance(event, RejectConnection):
+                    rejection = ConnectionRejected(event.status_code, list(event.headers), b"")
+                    if not event.has_body:
+                        raise rejection
+                elif isinstance(event, RejectData) and rejection is not None:
+                    body = rejection.body + event.data
+                    rejection.body = body[:MAX_REJECTION_BODY]
+                    if event.body_finished:
+                        raise rejection
 
-    async def deliver_to(self, sink: MessageSink) -> None:
-        """Deliver every later message to ``sink``, from trio-websocket's reader task.
+    # -- reading ---------------------------------------------------------------
 
-        Messages already queued (received during ``on_connect`` and not read
-        there) go first, in order. A sink that waits holds the reader: nothing
-        more is read from the socket meanwhile (backpressure).
+    async def run_reader(self) -> None:
+        """Read and handle frames until the connection ends: the session's reader task.
+
+        Returns once the closing handshake this side started is complete.
+
+        :raises ConnectionClosed: the peer closed (its code), the stream ended
+            or was reset (1006), a protocol error (1002, 1007, ...) or a
+            message over a limit (1009).
         """
-        ws, inbox = self._open_ws, self._inbox
-        assert inbox is not None
-        while True:  # no await between the last empty check and the switch
-            try:
-                message = ws._recv_channel.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            await sink(message)
-        inbox.sink = sink
-
-    @property
-    def closed(self) -> bool:
-        """Whether the connection has closed (the ``on_closed`` callback has run)."""
-        return self._inbox is not None and self._inbox.closed
-
-    def raise_closed(self) -> NoReturn:
-        """Raise why the connection closed.
-
-        :raises ConnectionClosed: always, with the close code (1006 when the
-            stream just ended).
-        """
-        raise ConnectionClosed(self._open_ws.closed)
-
-    @property
-    def _open_ws(self) -> WebSocketConnection:
-        if self._ws is None:
-            raise RuntimeError("socket is not open")
-        return self._ws
-
-    async def send(self, message: Message) -> None:
-        """Send one message. :raises ConnectionClosed: the connection is closed."""
-        await self._open_ws.send_message(message)
-
-    async def receive(self) -> Message:
-        """The next message, until :meth:`deliver_to` (``on_connect``'s receive).
-
-        :raises ConnectionClosed: closed and drained.
-        """
-        return await self._open_ws.get_message()
-
-    async def ping(self, deadline: float) -> bool:
-        """Send a ping with a payload unique on this socket; wait for its pong until ``deadline``.
-
-        Returns whether the pong arrived. Only the wait is bounded: the frame
-        itself is always written whole (a send cut short corrupts the stream).
-        This is trio-websocket's ``ping()`` split in two (its ``_pings`` and
-        ``_send``, 0.12), so that an unanswered ping neither stays registered
-        nor keeps a task waiting.
-
-        :raises ConnectionClosed: the connection is closed.
-        """
-        ws = self._open_ws
-        if ws.closed is not None:
-            raise ConnectionClosed(ws.closed)
-        self._ping_counter += 1
-        payload = self._ping_counter.to_bytes(8, "big")
-        answered = trio.Event()
-        ws._pings[payload] = answered
+        stream, ws = self._stream, self._ws
         try:
-            await ws._send(wsproto.events.Ping(payload=payload))
-            with trio.move_on_at(deadline):
-                await answered.wait()
+            await self._handle_events()  # frames that came with the handshake's answer
+            while not self._done.is_set():
+                try:
+                    data = await stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise self._ended(1006, "the stream was reset") from exc
+                if not data:
+                    ws.receive_data(None)  # yields CloseConnection(1006)
+                    await self._handle_events()
+                    continue
+                self.bytes_received += len(data)
+                if not self._slice:
+                    ws.receive_data(data if type(data) is bytes else bytes(data))
+                    await self._handle_events()
+                    continue
+                with memoryview(data) as view:
+                    for start in range(0, len(data), self._slice):
+                        ws.receive_data(bytes(view[start : start + self._slice]))
+                        await self._handle_events()
+        except _TooBig as exc:
+            await self._send_close(CloseConnection(1009, "message too big"))
+            raise self._ended(1009, str(exc)) from None
         finally:
-            ws._pings.pop(payload, None)
-        return answered.is_set()
+            if not self._done.is_set():  # cancelled: the session is being torn down
+                self._ended(1006, "the session ended")
 
-    async def close_gracefully(self) -> None:
-        """Send a close frame and wait for the peer's.
+    async def _handle_events(self) -> None:
+        for event in self._ws.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                message = self._assemble(event)  # type: ignore[arg-type]
+                if message is not None and not self._sink.offer(message):
+                    await self._sink.put(message)
+            elif kind is Ping:
+                await self._answer(event)  # type: ignore[arg-type]
+            elif kind is Pong:
+                if self.on_pong is not None:
+                    self.on_pong()
+            elif kind is CloseConnection:
+                await self._closed_by(event)  # type: ignore[arg-type]
+                return
 
-        Only while trio-websocket's reader task is alive (it reads the
-        answer); the caller bounds it (and shields it in cleanup paths).
+    def _assemble(self, event: TextMessage | BytesMessage) -> Data | None:
+        """Add a piece of a message; return the message once it is whole.
+
+        :raises _TooBig: the message broke a limit.
         """
-        if self._ws is not None:
-            await self._ws.aclose(1000, "client closing")
+        data = event.data
+        size = len(data) if type(data) is not str or data.isascii() else len(data.encode())
+        if event.message_finished and not self._parts:  # the usual case: one piece
+            if size > self._max_size:
+                raise _TooBig(f"a message of {size} bytes; the limit is {self._max_size}")
+            return bytes(data) if isinstance(data, bytearray) else data
+        self._size += size
+        if event.frame_finished:
+            self._fragments += 1
+        if self._size > self._max_size:
+            raise _TooBig(f"a message of over {self._max_size} bytes")
+        if self._fragments > self._max_fragments:
+            raise _TooBig(f"a message of over {self._max_fragments} fragments")
+        self._parts.append(data)
+        if not event.message_finished:
+            return None
+        parts, self._parts, self._size, self._fragments = self._parts, [], 0, 0
+        if type(parts[0]) is str:
+            return "".join(parts)  # type: ignore[arg-type]
+        return b"".join(parts)  # type: ignore[arg-type]
+
+    async def _answer(self, ping: Ping) -> None:
+        if self._ws.state is not _OPEN or self.send_error is not None:
+            return
+        pong = self._ws.send(ping.response())
+        if self._lock.locked():
+            self._owed.append(pong)  # written by the lock's holder after its frame
+            return
+        self._lock.acquire_nowait()
+        try:
+            await self._write(pong)
+        finally:
+            self._lock.release()
+
+    async def _closed_by(self, event: CloseConnection) -> None:
+        """A close frame arrived, the stream ended (1006), or wsproto found a protocol error."""
+        state = self._ws.state
+        code, reason = int(event.code), event.reason or None
+        if state is WireState.CLOSED and self._close_sent:  # the answer to our close
+            self._done.set()
+            return
+        if state is WireState.REMOTE_CLOSING:  # the peer's close: answer it, then end
+            await self._send_close(event.response())
+        elif state is _OPEN:  # a protocol error found here (wsproto leaves the state)
+            await self._send_close(CloseConnection(code, reason))
+        raise self._ended(code, reason)
+
+    async def _send_close(self, event: Event) -> None:
+        """Write a close frame of the reader's own, if no frame is being written;
+        bounded (the session ends whether the peer reads or not)."""
+        if self.send_error is not None or self._lock.locked():
+            return  # a frame is under way: a close frame cannot go in between
+        try:
+            data = self._ws.send(event)
+        except LocalProtocolError:  # the state allows no close frame now
+            return
+        self._close_sent = True
+        self._lock.acquire_nowait()
+        try:
+            with trio.move_on_after(CLOSE_FRAME_BOUND):
+                await self._write(data)
+        finally:
+            self._lock.release()
+
+    def _ended(self, code: int, reason: str | None) -> ConnectionClosed:
+        """Record why the connection ended (the first reason wins) and wake everyone."""
+        if self.end is None:
+            self.end = ConnectionClosed(code, reason)
+        self._done.set()
+        self._buffer.mailbox.close()
+        self._on_change()
+        return self.end
+
+    # -- writing ---------------------------------------------------------------
+
+    async def send(self, message: Data) -> None:
+        """Send one message: str as a text frame, bytes as a binary frame.
+
+        :raises ConnectionClosed: the connection has ended, is closing, or
+            broke during the send.
+        :raises SendInterrupted: cut in the middle of its frame (cancelled):
+            the connection can no longer be used.
+        :raises UnicodeEncodeError: text with no UTF-8 form (nothing sent).
+        """
+        await self._acquire()
+        try:
+            self._check_writable()
+            event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
+            await self._write(self._ws.send(event))
+        finally:
+            self._lock.release()
+
+    async def ping(self) -> None:
+        """Send a ping frame with a payload unique on this connection; return once written.
+
+        Does nothing once the connection is closing: a beat is of no use then.
+        """
+        await self._acquire()
+        try:
+            if self._ws.state is _OPEN and self.send_error is None:
+                payload = next(self._pings).to_bytes(8, "big")
+                await self._write(self._ws.send(Ping(payload)))
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        """Take the write lock; a cancellation while waiting for it writes nothing."""
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._lock.acquire_nowait()
+
+    def _check_writable(self) -> None:
+        if self.send_error is not None:
+            raise ConnectionClosed(1006, "the connection was lost") from self.send_error
+        if self._ws.state is not _OPEN:
+            raise ConnectionClosed(self.end.code if self.end else 1000, "the connection is closing")
+
+    async def _write(self, data: bytes) -> None:
+        """Write ``data`` whole, then the pongs owed meanwhile (the caller holds the lock)."""
+        try:
+            await self._write_chunks(data)
+            while self._owed:
+                await self._write_chunks(self._owed.popleft())
+        except trio.Cancelled:
+            self._unusable(SendInterrupted("a send was cut off in the middle of its frame"))
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            error = ConnectionClosed(1006, "the stream broke during a send")
+            self._unusable(error)
+            raise error from exc
+
+    async def _write_chunks(self, data: bytes) -> None:
+        stream = self._stream
+        if len(data) <= 4 * WRITE_CHUNK:
+            await stream.send_all(data)
+            self.bytes_written += len(data)
+            return
+        with memoryview(data) as view:
+            for start in range(0, len(data), WRITE_CHUNK):
+                chunk = view[start : start + WRITE_CHUNK]
+                await stream.send_all(chunk)
+                self.bytes_written += len(chunk)
+
+    def _unusable(self, error: BaseException) -> None:
+        if self.send_error is None:
+            self.send_error = error
+        self._on_change()
+
+    # -- closing ---------------------------------------------------------------
+
+    async def close(
+        self,
+        code: int = 1000,
+        reason: str | None = None,
+        *,
+        written: Callable[[], None] | None = None,
+    ) -> None:
+        """Start the closing handshake and wait for the peer's answer (RFC 6455 section 7).
+
+        Waits for a frame being written to be finished first, so nothing is
+        cut off. ``written()`` is called once no frame can be written any more
+        (the close frame is out, or none can be): the session then stops its
+        heartbeat without cutting a ping in half. The reader must be running
+        (it reads the answer); the caller bounds and shields this.
+        """
+        try:
+            if self.send_error is not None or self.end is not None:
+                return
+            await self._acquire()
+            try:
+                if self._ws.state is not _OPEN or self.send_error is not None:
+                    return
+                self._close_sent = True
+                await self._write(self._ws.send(CloseConnection(code, reason)))
+            finally:
+                self._lock.release()
+        finally:
+            if written is not None:
+                written()
+        await self._done.wait()
 
     async def abort(self) -> None:
         """Close the byte stream at once, without a close frame. Idempotent."""
-        if self._stream is not None:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
+    # -- delivery ----------------------------------------------------------------
+
+    async def receive(self) -> Data:
+        """The next message, until :meth:`deliver_to` (``on_connect``'s receive).
+
+        :raises ConnectionClosed: the connection has ended.
+        """
+        try:
+            return await self._buffer.mailbox.get()
+        except trio.EndOfChannel:
+            raise self.end or ConnectionClosed(1006) from None
+
+    async def deliver_to(self, sink: MessageSink) -> None:
+        """Deliver every later message to ``sink``, from the reader task.
+
+        Messages received during ``on_connect`` and not read there go first,
+        in order.
+        """
+        mailbox = self._buffer.mailbox
+        while True:  # no await between the last empty check and the switch
+            try:
+                message = mailbox.get_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if not sink.offer(message):
+                await sink.put(message)
+        self._sink = sink
+        mailbox.close()  # receive() is over: on_connect has returned
+
+
+class Session:
+    """One WebSocket connection of a managed connection: what ``on_connect`` and a
+    :class:`~trio_conn.Heartbeat`'s ``beat`` are given.
+
+    Valid for one attempt and the life of that connection only.
+    """
+
+    __slots__ = ("_websocket",)
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose from those offered, or None."""
+        return self._websocket.subprotocol
+
+    async def send(self, message: Data) -> None:
+        """Send a message: str as a text frame, bytes as a binary frame.
+
+        :raises ConnectionClosed: the connection has ended, or broke during the send.
+        :raises SendInterrupted: cancelled in the middle of its frame; the
+            connection can no longer be used (the attempt or session fails).
+        :raises UnicodeEncodeError: text with no UTF-8 form (nothing was sent).
+        """
+        await self._websocket.send(message)
+
+    async def receive(self) -> Data:
+        """The next message of this connection; for ``on_connect`` only (after it,
+        the application receives with ``ManagedConnection.receive()``).
+
+        :raises ConnectionClosed: the connection has ended, or ``on_connect``
+            has returned.
+        """
+        return await self._websocket.receive()
+
+    async def ping(self) -> None:
+        """Send a WebSocket ping frame (RFC 6455 section 5.5.2); return once written.
+
+        Its pong is the reply a :class:`~trio_conn.PingHeartbeat` waits for.
+        """
+        await self._websocket.ping()

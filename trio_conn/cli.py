@@ -24,8 +24,8 @@ from ._events import redact_url
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
 from ._report import build_report, render_text
-from ._session import Session
-from ._transport import Message, parse_url
+from ._request import parse_url
+from ._transport import Data, Session
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -167,7 +167,7 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def reply_matcher(pattern_json: str) -> Callable[[Message], bool]:
+def reply_matcher(pattern_json: str) -> Callable[[Data], bool]:
     """A predicate: the message is a JSON object containing every item of ``pattern``.
 
     :raises ValueError: ``pattern_json`` is not a JSON object.
@@ -179,7 +179,7 @@ def reply_matcher(pattern_json: str) -> Callable[[Message], bool]:
     if not isinstance(pattern, dict):
         raise ValueError(f"--heartbeat-reply must be a JSON object, got {pattern_json!r}")
 
-    def matches(message: Message) -> bool:
+    def matches(message: Data) -> bool:
         try:
             obj = json.loads(message)
         except ValueError:
@@ -203,7 +203,7 @@ def _heartbeat(args: argparse.Namespace) -> Heartbeat | None:
     return MessageHeartbeat(lambda: beat, reply_matcher(args.heartbeat_reply))
 
 
-def format_message(message: Message) -> str:
+def format_message(message: Data) -> str:
     """One line of stdout: text with newlines escaped, bytes as ``base64:...``."""
     if isinstance(message, bytes):
         return "base64:" + base64.b64encode(message).decode("ascii")
