@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import trio
 
@@ -56,15 +60,19 @@ class FaultyStream(PassThroughStream):
 
     ``stall``: the next writes of more than 100 bytes write half and hang (a
     TCP send buffer that fills in the middle of a frame). ``broken``: every
-    write fails as a reset connection would.
+    write fails as a reset connection would. ``delay``: seconds each write
+    takes (a slow link, in virtual time).
     """
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         super().__init__(inner)
         self.stall = False
         self.broken = False
+        self.delay = 0.0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.delay:
+            await trio.sleep(self.delay)
         if self.broken:
             raise trio.BrokenResourceError("connection reset by peer")
         if self.stall and len(data) > 100:
@@ -86,3 +94,24 @@ def faulty_opener(
         return stream
 
     return open_stream, streams
+
+
+async def start_server_process(module: str, port: int = 0) -> tuple[trio.Process, int]:
+    """Start ``python -m module PORT`` (a server in its own process, for real-clock
+    tests); return it and the port it prints in its ``ready PORT`` line."""
+    root = Path(__file__).parent.parent
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", module, str(port)],
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await process.stdout.receive_some(1)
+        assert chunk, f"{module} exited before it was ready"
+        line += chunk
+    word, number = line.decode().split()
+    assert word == "ready"
+    return process, int(number)

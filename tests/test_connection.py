@@ -11,18 +11,15 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from tests.helpers import library_tasks
+from tests.helpers import library_tasks, start_server_process
 from trio_conn import (
     Backoff,
     ConnectionConfig,
@@ -791,24 +788,6 @@ async def test_wait_for_state_sees_brief_states(autojump_clock: trio.testing.Moc
 # 14 ------------------------------------------------------------------------
 
 
-async def _start_echo_server(port: int) -> tuple[trio.Process, int]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tests.echo_server", str(port)],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parent.parent,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-    )
-    assert process.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await process.stdout.receive_some(1)
-        assert chunk, "the echo server exited before it was ready"
-        line += chunk
-    word, number = line.decode().split()
-    assert word == "ready"
-    return process, int(number)
-
-
 async def test_real_server_process_killed_and_restarted() -> None:
     """Real clock: a real process and a real TCP socket (see test_testing's note)."""
     fast = Backoff(0.2, 1.0)
@@ -823,7 +802,7 @@ async def test_real_server_process_killed_and_restarted() -> None:
     records: list[TransitionRecord] = []
     fds_before = len(os.listdir("/proc/self/fd"))
     with trio.fail_after(30):
-        process, port = await _start_echo_server(0)
+        process, port = await start_server_process("tests.echo_server", 0)
         try:
             async with open_connection(
                 f"ws://127.0.0.1:{port}/", config=config, on_transition=records.append
@@ -834,7 +813,7 @@ async def test_real_server_process_killed_and_restarted() -> None:
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
                 await conn.wait_for_state(S.RECONNECTING)
-                process, _ = await _start_echo_server(port)
+                process, _ = await start_server_process("tests.echo_server", port)
                 await conn.wait_for_state(S.CONNECTED)
                 await conn.send("again")
                 assert await conn.receive() == "again"

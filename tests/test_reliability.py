@@ -12,7 +12,8 @@ import trio
 import trio.testing
 import trustme
 
-from tests.test_connection import _start_echo_server, durations, edges
+from tests.helpers import start_server_process
+from tests.test_connection import durations, edges
 from trio_conn import (
     Backoff,
     ConnectionConfig,
@@ -211,7 +212,7 @@ async def test_stopped_process_is_detected_within_the_bound_and_recovers() -> No
     bound = 0.3 + 2 * max(0.3, 0.3)
     records: list[TransitionRecord] = []
     with trio.fail_after(REAL_TIME_BOUND):
-        process, port = await _start_echo_server(0)
+        process, port = await start_server_process("tests.echo_server", 0)
         try:
             async with open_connection(
                 f"ws://127.0.0.1:{port}/", config=config, on_transition=records.append

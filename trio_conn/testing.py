@@ -2,8 +2,9 @@
 
 :func:`open_fault_server` runs a real trio-websocket server on 127.0.0.1 (port
 0) whose behaviour a test changes while it runs: echo, push, ignore pings or
-application heartbeats, drop or close every connection, freeze, reject or hang
-handshakes, close each connection after a delay, stop and start again::
+application heartbeats, drop or close every connection, freeze, trickle its
+bytes over a slow link, reject, hang or cut handshakes, close each connection
+after a delay, stop and start again::
 
     async with open_fault_server() as server:
         async with open_connection(server.url, open_stream=server.open_stream) as conn:
@@ -18,31 +19,37 @@ socket; a heartbeat timeout could then fire although the pong was on its way.
 pair instead, where no I/O is ever in flight, so virtual time stays exact:
 pass it as ``open_connection(..., open_stream=server.open_stream)`` (or to
 ``trio_websocket.wrap_client_stream``). Every fault works on both paths except
-``drop(reset=True)``, which needs a real socket. Over TCP, use the real clock.
+the TCP resets (``drop(reset=True)``, ``cut_handshake_next(reset=True)``),
+which need a real socket. Over TCP, use the real clock.
 
-The server builds trio-websocket's ``WebSocketConnection`` itself (as
-``wrap_server_stream`` does) to be able to leave pings unanswered; that relies
-on trio-websocket 0.12 internals, pinned by this module's tests.
+How. The WebSocket side is trio-websocket's public API (``wrap_server_stream``,
+``WebSocketRequest.accept``/``reject``, ``WebSocketConnection``). What that
+API cannot do is done to the byte stream under it, as a middlebox would:
+freezing, dropping, swallowing the server's pong frames, trickling its bytes
+and cutting its handshake response (see ``trio_conn._faultstream``).
 """
 
 from __future__ import annotations
 
-import socket
-import struct
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 import trio.testing
-import wsproto
-import wsproto.connection
-import wsproto.events
-from trio_websocket import ConnectionClosed, WebSocketConnection
+import trio_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from ._faultstream import Faults, FaultStream, HandshakeCut, socket_of
 
 __all__ = ["FaultServer", "ServerConnection", "open_fault_server"]
 
 Message = str | bytes
+
+#: How long a closing connection waits for the peer's part of the close handshake.
+_CLOSE_TIMEOUT = 5.0
+_GARBAGE = b"\x00\xffNOT HTTP\r\n\x1b[2J\r\n\r\n"
 
 
 @dataclass(eq=False)
@@ -59,8 +66,10 @@ class ServerConnection:
     sent: list[Message] = field(default_factory=list)
     #: False once the connection has ended, for whatever reason.
     open: bool = True
-    #: The close code the server saw (1000 for a client's graceful close,
-    #: 1006 when the stream just ended), once closed.
+    #: The code of the close that ended the connection, once closed: the
+    #: server's own (``close_all(4401)``, ``close_after_code``) when the server
+    #: closed first, else the client's (1000 for a graceful close), or 1006 when
+    #: the stream just ended. None for a handshake rejected or cut.
     close_code: int | None = None
 
     def header(self, name: str) -> str | None:
@@ -69,13 +78,37 @@ class ServerConnection:
         return next((value for key, value in self.headers if key == name), None)
 
 
+@dataclass(eq=False)
+class _Session:
+    """An accepted connection, while the server serves it."""
+
+    ws: WebSocketConnection
+    record: ServerConnection
+    stream: FaultStream
+    #: Holds trio-websocket's reader task and the server's close handshakes.
+    nursery: trio.Nursery
+    #: The code of the close frame the server sent first, if it did.
+    close_code_sent: int | None = None
+
+    def end_code(self) -> int:
+        if self.close_code_sent is not None:
+            # Our own code: trio-websocket's ``closed`` says 1000 for every close
+            # it initiates, and later the code the peer echoed.
+            return self.close_code_sent
+        return self.ws.closed.code if self.ws.closed is not None else 1006
+
+
 class FaultServer:
     """The running server. Change its attributes or call its methods at any time.
 
     Behaviour attributes (read at the moment they matter):
 
     - ``echo`` (True): send every received message back, except heartbeats.
-    - ``answer_pings`` (True): answer WebSocket pings with pongs.
+    - ``answer_pings`` (True): answer WebSocket pings with pongs; when False,
+      every pong frame the server writes is swallowed on its way out.
+    - ``send_rate`` (None): bytes per second for everything the server writes,
+      handshake included (None: unlimited); a large message then takes its
+      time, and a pong waits behind it, as on a slow link.
     - ``is_heartbeat`` (None): a predicate recognising application heartbeats;
       a recognised message is never echoed, and is answered with
       ``heartbeat_reply(message)`` when ``answer_heartbeats`` is True.
@@ -85,8 +118,9 @@ class FaultServer:
       flapping peer, or one that closes with an application's code (4401).
 
     Counters: ``tcp_connections`` (streams accepted), ``handshakes`` (upgrade
-    requests read), ``accepted``, ``rejected``, ``hung``; ``connections`` holds
-    a :class:`ServerConnection` per handshake read, in order.
+    requests read), ``accepted``, ``rejected``, ``hung``, ``garbled``, ``cut``;
+    ``connections`` holds a :class:`ServerConnection` per handshake read, in
+    order.
 
     One line per fault::
 
@@ -95,6 +129,7 @@ class FaultServer:
         await server.push("x" * 2_000_000)           # oversized
         await server.push(b"\x00\x01")               # binary
         server.answer_pings = False                  # pings go unanswered
+        server.send_rate = 150_000                   # a slow link: 150 kB/s
         server.is_heartbeat = lambda m: m == '{"op":"ping"}'
         server.heartbeat_reply = lambda m: '{"op":"pong"}'
         server.answer_heartbeats = False             # app heartbeats unanswered
@@ -106,6 +141,8 @@ class FaultServer:
         server.reject_next(1, 429, [("Retry-After", "7")])
         server.hang_next()                           # TCP accepted, no upgrade
         server.garbage_next()                        # not HTTP at all
+        server.cut_handshake_next(after=20)          # "HTTP/1.1 101 ..." cut short
+        server.cut_handshake_next(reset=True)        # ... and a TCP RST
         server.close_after = 1.0                     # flapping
         server.close_after, server.close_after_abrupt = 0.0, False
         server.close_after_code = 4401               # "token expired", at once
@@ -129,14 +166,15 @@ class FaultServer:
         self._max_message_size = max_message_size
         self._listener_scope: trio.CancelScope | None = None
         self._changed = trio.Event()
-        self._streams: set[_FaultStream] = set()
-        self._sockets: dict[int, tuple[WebSocketConnection, ServerConnection]] = {}
+        self._faults = Faults()
+        self._streams: set[FaultStream] = set()
+        self._sessions: dict[int, _Session] = {}
         self._reject: list[tuple[int, list[tuple[bytes, bytes]], bytes]] = []
+        self._cuts: list[HandshakeCut] = []
         self._hang_remaining = 0
         self._garbage_remaining = 0
 
         self.echo = True
-        self.answer_pings = True
         self.is_heartbeat: Callable[[Message], bool] | None = None
         self.heartbeat_reply: Callable[[Message], Message] | None = None
         self.answer_heartbeats = True
@@ -144,7 +182,6 @@ class FaultServer:
         self.close_after_abrupt = True
         self.close_after_code = 1000
         self.close_after_reason = "closing after delay"
-        self.frozen = False
 
         self.tcp_connections = 0
         self.handshakes = 0
@@ -152,7 +189,40 @@ class FaultServer:
         self.rejected = 0
         self.hung = 0
         self.garbled = 0
+        self.cut = 0
         self.connections: list[ServerConnection] = []
+
+    # -- byte-level faults, applied by every stream ----------------------------
+
+    @property
+    def answer_pings(self) -> bool:
+        """Answer WebSocket pings; when False, outgoing pong frames are swallowed."""
+        return self._faults.answer_pings
+
+    @answer_pings.setter
+    def answer_pings(self, value: bool) -> None:
+        self._faults.answer_pings = value
+
+    @property
+    def send_rate(self) -> float | None:
+        """Bytes per second for everything the server writes; None: unlimited."""
+        return self._faults.send_rate
+
+    @send_rate.setter
+    def send_rate(self, rate: float | None) -> None:
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"send_rate must be None or a positive number, got {rate!r}")
+        self._faults.send_rate = rate
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the server neither reads nor writes (see :meth:`freeze`)."""
+        return self._faults.frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self._faults.frozen = value
+        self._faults.changed()
 
     # -- addresses and lifecycle ---------------------------------------------
 
@@ -211,6 +281,8 @@ class FaultServer:
         and ``port`` are ignored.
 
         :raises ConnectionRefusedError: the server is stopped.
+        :raises ValueError: this connection's turn came for a
+            ``cut_handshake_next(reset=True)``, which needs TCP.
         """
         if not self.running:
             raise ConnectionRefusedError(f"fault server on port {self._port} is stopped")
@@ -229,9 +301,9 @@ class FaultServer:
         oversized message, ``bytes`` for a binary one.
         """
         sent = 0
-        for ws, record in list(self._sockets.values()):
+        for session in list(self._sessions.values()):
             try:
-                await _send(ws, record, message)
+                await _send(session, message)
             except ConnectionClosed:
                 continue
             sent += 1
@@ -260,9 +332,8 @@ class FaultServer:
         for stream in streams:
             if not stream.accepted:
                 await stream.abort()
-        for ws, _ in list(self._sockets.values()):
-            with trio.move_on_after(5):
-                await ws.aclose(code, reason)
+        for session in list(self._sessions.values()):
+            self._start_close(session, code, reason)
         await self._wait_ended(streams)
 
     def freeze(self) -> None:
@@ -271,12 +342,10 @@ class FaultServer:
         Nothing is answered, not even pings, until :meth:`thaw`.
         """
         self.frozen = True
-        self._notify()
 
     def thaw(self) -> None:
         """Undo :meth:`freeze`: what arrived meanwhile is read and answered."""
         self.frozen = False
-        self._notify()
 
     def reject_next(
         self,
@@ -303,14 +372,30 @@ class FaultServer:
         """Accept TCP for the next ``count`` connections and never answer the upgrade."""
         self._hang_remaining += count
 
+    def cut_handshake_next(self, count: int = 1, *, after: int = 20, reset: bool = False) -> None:
+        """Cut the handshake response of the next ``count`` connections short.
+
+        The server writes only the first ``after`` bytes of its response
+        (``HTTP/1.1 101 ...``, or a rejection if one is pending too), then
+        closes the stream; with ``reset=True`` it sends a TCP RST instead
+        (TCP connections only: :meth:`open_stream` raises ValueError). An
+        ``after`` past the response's end sends it whole, then closes. Hangs
+        and garbage take their turn first.
+        """
+        if not (isinstance(after, int) and after >= 0):
+            raise ValueError(f"after must be an int >= 0, got {after!r}")
+        self._cuts.extend([HandshakeCut(after, reset)] * count)
+
     async def heal(self) -> None:
-        """Undo every fault: listen again, thaw, answer pings and heartbeats,
-        stop flapping, and forget pending rejections, hangs and garbage."""
+        """Undo every fault: listen again, thaw, answer pings and heartbeats at full
+        speed, stop flapping, and forget pending rejections, hangs, garbage and cuts."""
         self._reject.clear()
+        self._cuts.clear()
         self._hang_remaining = 0
         self._garbage_remaining = 0
         self.answer_pings = True
         self.answer_heartbeats = True
+        self.send_rate = None
         self.close_after = None
         self.thaw()
         await self.start()
@@ -332,7 +417,7 @@ class FaultServer:
 
     # -- internals -------------------------------------------------------------
 
-    async def _wait_ended(self, streams: list[_FaultStream]) -> None:
+    async def _wait_ended(self, streams: list[FaultStream]) -> None:
         while any(stream in self._streams for stream in streams):
             await self._changed.wait()
 
@@ -340,9 +425,22 @@ class FaultServer:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _wait_thawed(self, stream: _FaultStream) -> None:
-        while self.frozen and not stream.closed:
-            await self._changed.wait()
+    def _next_handshake_fault(self, raw: trio.abc.Stream) -> str | HandshakeCut | None:
+        """Take the pending handshake fault, if any, that this new connection gets."""
+        if self._hang_remaining > 0:
+            self._hang_remaining -= 1
+            self.hung += 1
+            return "hang"
+        if self._garbage_remaining > 0:
+            self._garbage_remaining -= 1
+            self.garbled += 1
+            return "garbage"
+        if self._cuts:
+            if self._cuts[0].reset and socket_of(raw) is None:
+                raise ValueError("cut_handshake_next(reset=True) needs a TCP connection")
+            self.cut += 1
+            return self._cuts.pop(0)
+        return None
 
     async def _serve_stream(
         self,
@@ -351,29 +449,21 @@ class FaultServer:
     ) -> None:
         if self._ssl_context is not None and isinstance(raw, trio.SocketStream):
             raw = trio.SSLStream(raw, self._ssl_context, server_side=True)  # type: ignore[arg-type]
-        stream = _FaultStream(raw, self)
+        fault = self._next_handshake_fault(raw)
+        cut = fault if isinstance(fault, HandshakeCut) else None
+        stream = FaultStream(raw, self._faults, cut=cut)
         self.tcp_connections += 1
         self._streams.add(stream)
-        hang = self._hang_remaining > 0
-        garbage = not hang and self._garbage_remaining > 0
-        if hang:
-            self._hang_remaining -= 1
-            self.hung += 1
-        elif garbage:
-            self._garbage_remaining -= 1
-            self.garbled += 1
         self._notify()
         task_status.started()
         try:
-            if garbage:
+            if fault == "garbage":
                 await stream.read_request()
-                await stream.send_all(b"\x00\xffNOT HTTP\r\n\x1b[2J\r\n\r\n")
-            if hang or garbage:
+                await stream.send_all(_GARBAGE)
+            if fault in ("hang", "garbage"):
                 await stream.discard_until_eof()
                 return
-            async with trio.open_nursery() as nursery:
-                await self._serve_websocket(nursery, stream)
-                nursery.cancel_scope.cancel()
+            await self._serve_websocket(stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
             pass  # the client went away, TLS failed or a fault closed the stream
         finally:
@@ -382,163 +472,134 @@ class FaultServer:
                 await trio.aclose_forcefully(stream)
             self._notify()
 
-    async def _serve_websocket(self, nursery: trio.Nursery, stream: _FaultStream) -> None:
-        ws = _FaultWebSocket(
-            stream,
-            wsproto.WSConnection(wsproto.ConnectionType.SERVER),
-            server=self,
-            message_queue_size=64,
-            max_message_size=self._max_message_size,
-        )
-        handshake_done = trio.Event()
-        reader_done = trio.Event()
-
-        async def read() -> None:
-            await ws._reader_task()
-            reader_done.set()
-            if not handshake_done.is_set():  # EOF or garbage before the request
+    async def _serve_websocket(self, stream: FaultStream) -> None:
+        async with trio.open_nursery() as nursery:
+            request = await self._read_request(nursery, stream)
+            if request is None:
                 nursery.cancel_scope.cancel()
+                return
+            record = self._record(request, stream)
+            try:
+                if self._reject:
+                    await self._reject_with_next(request)
+                    # trio-websocket would go on reading: hang up, as a server does.
+                    nursery.cancel_scope.cancel()
+                    return
+                ws = await request.accept()
+                await self._serve_session(_Session(ws, record, stream, nursery))
+            finally:
+                record.open = False
+            # Leave the reader time to finish a close handshake, so that the peer
+            # gets its answer; a peer that never answers is cut off.
+            nursery.cancel_scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
 
-        nursery.start_soon(read)
-        request = await ws._get_request()
-        handshake_done.set()
+    async def _read_request(
+        self, nursery: trio.Nursery, stream: FaultStream
+    ) -> WebSocketRequest | None:
+        """The client's upgrade request, or None if the stream ends before one came.
+
+        ``wrap_server_stream`` would wait forever for a request that never
+        comes (EOF, a request that is not HTTP, a fault closing the stream).
+        """
+        request: WebSocketRequest | None = None
+        async with trio.open_nursery() as race:
+
+            async def read() -> None:
+                nonlocal request
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,  # the reader task outlives this race
+                    stream,
+                    message_queue_size=64,
+                    max_message_size=self._max_message_size,
+                )
+                race.cancel_scope.cancel()
+
+            race.start_soon(read)
+            await stream.wait_ended()
+            race.cancel_scope.cancel()
+        return request
+
+    def _record(self, request: WebSocketRequest, stream: FaultStream) -> ServerConnection:
         self.handshakes += 1
         record = ServerConnection(
             id=len(self.connections),
             path=request.path,
-            headers=[
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers
-            ],
+            # From the bytes: trio-websocket's request.headers lacks those wsproto
+            # handles itself (Host, Sec-WebSocket-Extensions, -Protocol).
+            headers=_header_fields(stream.request_head),
         )
         self.connections.append(record)
         self._notify()
-        try:
-            if self._reject:
-                status, headers, body = self._reject.pop(0)
-                self.rejected += 1
-                await request.reject(status, extra_headers=list(headers), body=body or None)
-                return
-            await request.accept()
-            stream.accepted = True
-            self.accepted += 1
-            self._sockets[record.id] = (ws, record)
-            self._notify()
-            if self.close_after is not None:
-                nursery.start_soon(self._end_later, stream, ws, self.close_after)
-            await self._handle_messages(ws, record)
-            # The reader finishes a close handshake (close_all) after the last
-            # message: let it, so the peer gets its answer.
-            with trio.move_on_after(5):
-                await reader_done.wait()
-        finally:
-            record.open = False
-            self._sockets.pop(record.id, None)
+        return record
 
-    async def _handle_messages(self, ws: WebSocketConnection, record: ServerConnection) -> None:
+    async def _reject_with_next(self, request: WebSocketRequest) -> None:
+        status, headers, body = self._reject.pop(0)
+        self.rejected += 1
+        # A copy: trio-websocket appends Content-Length to the list it is given.
+        await request.reject(status, extra_headers=list(headers), body=body or None)
+
+    async def _serve_session(self, session: _Session) -> None:
+        session.stream.accepted = True
+        self._sessions[session.record.id] = session
+        self.accepted += 1
+        self._notify()
+        try:
+            async with trio.open_nursery() as timer:
+                if self.close_after is not None:
+                    timer.start_soon(self._end_later, session, self.close_after)
+                await self._handle_messages(session)
+                timer.cancel_scope.cancel()
+        finally:
+            del self._sessions[session.record.id]
+            session.record.close_code = session.end_code()
+
+    async def _handle_messages(self, session: _Session) -> None:
+        record = session.record
         try:
             while True:
-                message = await ws.get_message()
+                message = await session.ws.get_message()
                 record.received.append(message)
                 self._notify()
                 if self.is_heartbeat is not None and self.is_heartbeat(message):
                     if self.answer_heartbeats and self.heartbeat_reply is not None:
-                        await _send(ws, record, self.heartbeat_reply(message))
+                        await _send(session, self.heartbeat_reply(message))
                 elif self.echo:
-                    await _send(ws, record, message)
-        except ConnectionClosed as closed:  # on receive or on send: the connection ended
-            record.close_code = int(closed.reason.code) if closed.reason else None
-
-    async def _end_later(self, stream: _FaultStream, ws: WebSocketConnection, delay: float) -> None:
-        await trio.sleep(delay)
-        if self.close_after_abrupt:
-            await stream.abort()
-        else:
-            with trio.move_on_after(5):
-                await ws.aclose(self.close_after_code, self.close_after_reason)
-
-
-class _FaultWebSocket(WebSocketConnection):
-    """trio-websocket's connection, with pings answered only when the server says so."""
-
-    def __init__(self, *args: object, server: FaultServer, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._fault_server = server
-
-    async def _handle_ping_event(self, event: wsproto.events.Ping) -> None:
-        # trio-websocket would also answer a ping after sending its close frame,
-        # which wsproto refuses with LocalProtocolError: only answer while open.
-        open_ = self._wsproto.state is wsproto.connection.ConnectionState.OPEN
-        if self._fault_server.answer_pings and open_:
-            await super()._handle_ping_event(event)
-
-
-class _FaultStream(trio.abc.Stream):
-    """A pass-through stream that can be frozen (no I/O) and aborted."""
-
-    def __init__(self, inner: trio.abc.Stream, server: FaultServer) -> None:
-        self._inner = inner
-        self._server = server
-        self.closed = False
-        #: The WebSocket handshake was accepted.
-        self.accepted = False
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await self._server._wait_thawed(self)
-        data = await self._inner.receive_some(max_bytes)
-        # Data that arrived while frozen is held until thawed: not read, not answered.
-        await self._server._wait_thawed(self)
-        if self.closed:
-            raise trio.ClosedResourceError("stream aborted by the fault server")
-        return bytes(data)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._server._wait_thawed(self)
-        if self.closed:
-            raise trio.ClosedResourceError("stream aborted by the fault server")
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def read_request(self) -> None:
-        """Read up to the end of an HTTP request head (or EOF), at most 64 KiB."""
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            data = await self.receive_some(65536)
-            if not data:
-                return
-            head += data
-
-    async def discard_until_eof(self) -> None:
-        while await self.receive_some(65536):
+                    await _send(session, message)
+        except ConnectionClosed:  # on receive or on send: the connection ended
             pass
 
-    async def abort(self, *, reset: bool = False) -> None:
-        if reset:
-            sock = _socket_of(self._inner)
-            if sock is None:
-                raise ValueError("drop(reset=True) needs a TCP connection")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await self.aclose()
+    async def _end_later(self, session: _Session, delay: float) -> None:
+        await trio.sleep(delay)
+        if self.close_after_abrupt:
+            await session.stream.abort()
+        else:
+            self._start_close(session, self.close_after_code, self.close_after_reason)
 
-    async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._server._notify()  # wake a frozen reader so it sees the close
-        await trio.aclose_forcefully(self._inner)
+    def _start_close(self, session: _Session, code: int, reason: str | None) -> None:
+        # In the connection's nursery: the close handshake ends with the connection.
+        session.nursery.start_soon(self._close, session, code, reason)
+
+    async def _close(self, session: _Session, code: int, reason: str | None) -> None:
+        if session.ws.closed is None:  # else the peer closed first, with its own code
+            session.close_code_sent = code
+        session.stream.closing = True
+        with trio.move_on_after(_CLOSE_TIMEOUT):
+            await session.ws.aclose(code, reason)
 
 
-async def _send(ws: WebSocketConnection, record: ServerConnection, message: Message) -> None:
-    await ws.send_message(message)
-    record.sent.append(message)
+def _header_fields(head: bytes) -> list[tuple[str, str]]:
+    """The header fields of an HTTP head, names lower-cased, in order."""
+    fields = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.append((name.strip().lower(), value.strip()))
+    return fields
 
 
-def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket
-    return None
+async def _send(session: _Session, message: Message) -> None:
+    await session.ws.send_message(message)
+    session.record.sent.append(message)
 
 
 @asynccontextmanager

@@ -1,0 +1,320 @@
+"""The managed connection on its wsproto transport: sends, closes, liveness, limits.
+
+Each test reproduces a fault found with the transport built on trio-websocket
+internals, with its right value. Virtual time (``autojump_clock``) with the
+fault server's in-memory streams, except where a real clock is the point.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tests.helpers import faulty_opener, start_server_process
+from trio_conn import (
+    ConnectionConfig,
+    ConnectionState,
+    ErrorKind,
+    RetryPolicy,
+    Session,
+    TransitionRecord,
+    open_connection,
+)
+from trio_conn.testing import open_fault_server
+
+S = ConnectionState
+NO_JITTER = RetryPolicy(jitter=0.0)
+FAST_BEATS = ConnectionConfig(
+    heartbeat_interval=0.5, heartbeat_timeout=1.0, max_heartbeat_failures=2, retry=NO_JITTER
+)
+
+
+def misses(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "connection.heartbeat_missed"]
+
+
+# 2. A cancelled send fails alone. -------------------------------------------------
+
+
+async def test_sends_cancelled_before_their_first_byte_fail_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    records: list[TransitionRecord] = []
+    async with (
+        open_fault_server() as server,
+        open_connection(
+            server.url, open_stream=server.open_stream, on_transition=records.append
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        for _ in range(5):  # five in a row used to reach FAILED
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await conn.send("x")
+        await conn.send("still here")
+        assert await conn.receive() == "still here"
+    assert [r.to_state for r in records] == [S.CONNECTING, S.CONNECTED, S.CLOSED]
+    assert server.connections[0].received == ["still here"]
+
+
+async def test_a_send_that_times_out_behind_a_large_one_does_not_take_it_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fault_server() as server:
+        server.echo = False
+        open_stream, streams = faulty_opener(server)
+        async with open_connection(server.url, open_stream=open_stream, config=FAST_BEATS) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            streams[0].delay = 0.1  # a slow link: 2 MB takes about 13 s
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.send, "L" * 2_000_000)
+                await trio.sleep(1)
+                with trio.move_on_after(1) as scope:
+                    await conn.send("impatient")
+                assert scope.cancelled_caught
+            streams[0].delay = 0.0
+            await conn.send("after")
+            await server.wait_received(2)
+            assert conn.state is S.CONNECTED
+    assert server.connections[0].received == ["L" * 2_000_000, "after"]
+    assert server.accepted == 1  # no reconnect: a slow link is not a dead peer
+
+
+async def test_a_send_cut_mid_frame_in_on_connect_never_becomes_connected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    records: list[TransitionRecord] = []
+    async with open_fault_server() as server:
+        open_stream, streams = faulty_opener(server)
+
+        async def on_connect(session: Session) -> None:
+            if len(streams) == 1:
+                streams[0].stall = True
+                with trio.move_on_after(1):
+                    await session.send("hello " * 200)  # half of it is on the wire
+
+        async with open_connection(
+            server.url,
+            open_stream=open_stream,
+            on_connect=on_connect,
+            on_transition=records.append,
+            config=ConnectionConfig(retry=NO_JITTER),
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+    assert records[1].reason == "other: SendInterrupted in on_connect"
+    assert (records[1].from_state, records[1].to_state) == (S.CONNECTING, S.RECONNECTING)
+    assert server.connections[0].received == []  # the peer never read a corrupt frame
+
+
+# 3. Closing right after CONNECTED is fast. -------------------------------------------
+
+
+async def test_disconnect_right_after_connected_takes_no_time_with_pings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection(server.url, open_stream=server.open_stream) as conn,
+    ):
+        started = trio.current_time()
+        for _ in range(200):
+            await conn.wait_for_state(S.CONNECTED)
+            await conn.disconnect()
+            conn.connect()
+        await conn.wait_for_state(S.CONNECTED)
+        assert trio.current_time() == started  # used to wait close_timeout half the time
+    assert all(c.close_code == 1000 for c in server.connections[:200])  # each a clean close
+
+
+# 4. A disconnect never drops a message from the middle. -----------------------------
+
+
+async def test_a_disconnect_with_a_full_buffer_loses_a_tail_never_the_middle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ConnectionConfig(receive_buffer=8, retry=NO_JITTER)
+    received: list[str | bytes] = []
+    async with open_fault_server() as server:
+        server.echo = False
+        async with open_connection(
+            server.url, open_stream=server.open_stream, config=config
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+
+            async def slow_reader() -> None:
+                async for message in conn:
+                    received.append(message)
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow_reader)
+                for index in range(200):
+                    await server.push(f"{index}")
+                await trio.sleep(0.2)
+                await conn.disconnect()
+                await trio.sleep(5)
+                nursery.cancel_scope.cancel()
+    numbers = [int(m) for m in received]
+    assert numbers == list(range(len(numbers)))  # a prefix: no gap
+    assert len(numbers) >= 8
+
+
+# 5. Limits in bytes. --------------------------------------------------------------
+
+
+async def test_max_message_size_is_bytes_of_utf8(autojump_clock: trio.testing.MockClock) -> None:
+    records: list[TransitionRecord] = []
+    config = ConnectionConfig(max_message_size=1000, retry=NO_JITTER)
+    async with open_fault_server() as server:
+        server.echo = False
+        async with open_connection(
+            server.url,
+            open_stream=server.open_stream,
+            config=config,
+            on_transition=records.append,
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            await server.push("é" * 500)  # 1000 bytes: at the limit
+            assert await conn.receive() == "é" * 500
+            await server.push("€" * 1000)  # 1,000 characters, 3,000 bytes
+            await conn.wait_for_state(S.RECONNECTING)
+    drop = records[2]
+    assert (drop.close_code, drop.kind) == (1009, ErrorKind.OTHER)
+    assert server.connections[0].close_code == 1009
+
+
+# Liveness judged from the wire. -----------------------------------------------------
+
+
+async def test_a_slow_reading_peer_while_the_application_sends_megabytes(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    async with open_fault_server() as server:
+        server.echo = False
+        open_stream, streams = faulty_opener(server)
+        async with open_connection(server.url, open_stream=open_stream, config=FAST_BEATS) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            streams[0].delay = 0.05  # 16 KiB every 50 ms: 5 MB takes about 16 s
+            started = trio.current_time()
+            await conn.send(b"\x00" * 5_000_000)
+            assert trio.current_time() - started > 10 * FAST_BEATS.heartbeat_timeout
+            assert conn.state is S.CONNECTED
+    assert server.accepted == 1
+    assert misses(events) == []  # the pings waited behind the frame: no clock ran
+
+
+async def test_an_application_that_stalls_its_event_loop_is_not_charged_to_the_peer(
+    events: list[dict[str, Any]],
+) -> None:
+    """Real clock: the application blocks the event loop (time.sleep) for longer than
+    the heartbeat timeout while the peer answers on time over TCP."""
+    config = ConnectionConfig(
+        heartbeat_interval=0.2, heartbeat_timeout=0.3, max_heartbeat_failures=1
+    )
+    # Another process: it answers while this one is stalled.
+    process, port = await start_server_process("tests.echo_server")
+    try:
+        with trio.fail_after(20):
+            async with open_connection(f"ws://127.0.0.1:{port}/", config=config) as conn:
+                await conn.wait_for_state(S.CONNECTED)
+                for _ in range(3):
+                    await trio.sleep(0.25)  # a beat is in flight
+                    time.sleep(1.0)  # noqa: ASYNC251  # the stall under test
+                await trio.sleep(0.5)
+                assert conn.state is S.CONNECTED
+                assert conn.statistics().total_failures == 0
+    finally:
+        process.kill()
+        await process.wait()
+    assert misses(events) == []
+
+
+async def test_compression_with_a_real_permessage_deflate_peer() -> None:
+    """Real clock: the peer is websockets' server in another process."""
+    process, port = await start_server_process("tests.ws_peer")
+    try:
+        with trio.fail_after(20):
+            async with open_connection(f"ws://127.0.0.1:{port}/echo") as conn:
+                await conn.wait_for_state(S.CONNECTED)
+                for message in ("hello " * 5000, b"\x00\x01" * 40_000, "é" * 1000):
+                    await conn.send(message)
+                    assert await conn.receive() == message
+                assert conn.statistics().total_failures == 0
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def test_a_compression_bomb_from_a_real_peer_is_refused_with_1009() -> None:
+    """Real clock: websockets sends 50 MiB of zeros, about 50 KiB compressed."""
+    records: list[TransitionRecord] = []
+    process, port = await start_server_process("tests.ws_peer")
+    try:
+        with trio.fail_after(20):
+            async with open_connection(
+                f"ws://127.0.0.1:{port}/bomb",
+                on_transition=records.append,
+                config=ConnectionConfig(max_message_size=1 << 20),
+            ) as conn:
+                await conn.wait_for_state(S.RECONNECTING)
+    finally:
+        process.kill()
+        await process.wait()
+    drop = records[2]
+    assert (drop.close_code, drop.kind) == (1009, ErrorKind.OTHER)
+    assert drop.duration < 5.0  # noticed at once, not after inflating 50 MiB
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_compression_is_offered_unless_turned_off(
+    autojump_clock: trio.testing.MockClock, compression: str | None
+) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection(
+            server.url, open_stream=server.open_stream, compression=compression
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        offered = server.connections[0].header("sec-websocket-extensions")
+        if compression is None:
+            assert offered is None
+        else:
+            assert offered is not None
+            assert "permessage-deflate" in offered
+        await conn.send("ok")
+        assert await conn.receive() == "ok"
+
+
+async def test_subprotocols_are_offered_and_the_choice_is_readable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection(
+            server.url, open_stream=server.open_stream, subprotocols=["chat.v2", "json"]
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        assert server.connections[0].header("sec-websocket-protocol") == "chat.v2, json"
+        assert conn.subprotocol is None  # the fault server chooses none
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"compression": "gzip"}, r"compression must be 'deflate' .* or None, got 'gzip'"),
+        ({"subprotocols": "chat"}, r"subprotocols must be a sequence of str"),
+        ({"subprotocols": ["a b"]}, r"subprotocols\[0\] 'a b' is not an HTTP token"),
+    ],
+)
+async def test_bad_transport_options_are_refused_at_construction(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        async with open_connection("ws://127.0.0.1:9/", **kwargs):
+            raise AssertionError("the block must not run")
