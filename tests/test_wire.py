@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import faulty_opener, start_server_process
+from tests.helpers import PassThroughStream, faulty_opener, start_server_process
 from trio_conn import (
+    Backoff,
     ConnectionConfig,
     ConnectionState,
     ErrorKind,
@@ -207,25 +208,47 @@ async def test_a_slow_reading_peer_while_the_application_sends_megabytes(
     assert misses(events) == []  # the pings waited behind the frame: no clock ran
 
 
+class PingWatch(PassThroughStream):
+    """A TCP stream that tells when a ping frame (first byte 0x89) has been written."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.ping_written = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await super().send_all(data)
+        if bytes(data[:1]) == b"\x89":
+            self.ping_written.set()
+
+
 async def test_an_application_that_stalls_its_event_loop_is_not_charged_to_the_peer(
     events: list[dict[str, Any]],
 ) -> None:
-    """Real clock: the application blocks the event loop (time.sleep) for longer than
-    the heartbeat timeout while the peer answers on time over TCP."""
+    """Real clock: right after each ping is written, the application blocks the event
+    loop (time.sleep) for twice the heartbeat timeout while the peer, in another
+    process, answers at once: the pong waits in the kernel, the deadline passes,
+    and both wake together. With one miss allowed, any miss would reconnect."""
     config = ConnectionConfig(
         heartbeat_interval=0.2, heartbeat_timeout=0.3, max_heartbeat_failures=1
     )
-    # Another process: it answers while this one is stalled.
-    process, port = await start_server_process("tests.echo_server")
+    streams: list[PingWatch] = []
+
+    async def open_stream(host: str, port: int) -> trio.abc.Stream:
+        streams.append(PingWatch(await trio.open_tcp_stream(host, port)))
+        return streams[-1]
+
+    process, port = await start_server_process("tests.echo_server")  # answers meanwhile
     try:
-        with trio.fail_after(20):
-            async with open_connection(f"ws://127.0.0.1:{port}/", config=config) as conn:
+        with trio.fail_after(30):
+            async with open_connection(
+                f"ws://127.0.0.1:{port}/", config=config, open_stream=open_stream
+            ) as conn:
                 await conn.wait_for_state(S.CONNECTED)
-                for _ in range(3):
-                    await trio.sleep(0.25)  # a beat is in flight
-                    time.sleep(1.0)  # noqa: ASYNC251  # the stall under test
-                await trio.sleep(0.5)
-                assert conn.state is S.CONNECTED
+                for _ in range(8):
+                    stream = streams[-1]
+                    stream.ping_written = trio.Event()
+                    await stream.ping_written.wait()
+                    time.sleep(0.6)  # noqa: ASYNC251  # the stall under test
                 assert conn.statistics().total_failures == 0
     finally:
         process.kill()
@@ -318,3 +341,75 @@ async def test_bad_transport_options_are_refused_at_construction(
     with pytest.raises((ValueError, TypeError), match=match):
         async with open_connection("ws://127.0.0.1:9/", **kwargs):
             raise AssertionError("the block must not run")
+
+
+# 1. A peer sending one large message is alive while its bytes arrive. ---------------
+
+
+async def test_a_peer_trickling_one_large_message_is_not_declared_dead(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    """900 kB at 150 kB/s: its pong can only follow the frame, 6 s later; with a 1 s
+    timeout and 2 misses the old transport declared it dead at 2.5 s."""
+    records: list[TransitionRecord] = []
+    async with (
+        open_fault_server() as server,
+        open_connection(
+            server.url,
+            open_stream=server.open_stream,
+            config=FAST_BEATS,
+            on_transition=records.append,
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        server.send_rate = 150_000
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.push, "x" * 900_000)
+            with trio.fail_after(30):  # virtual: the old transport never delivered it
+                assert await conn.receive() == "x" * 900_000
+        assert 5.9 <= trio.current_time() - started <= 6.2
+        assert conn.state is S.CONNECTED
+    assert [r.to_state for r in records] == [S.CONNECTING, S.CONNECTED, S.CLOSED]
+    assert misses(events) == []
+
+
+@pytest.mark.parametrize("after", [0, 20, 80])
+async def test_a_peer_that_ends_the_stream_inside_the_101_fails_the_attempt_at_once(
+    autojump_clock: trio.testing.MockClock, after: int
+) -> None:
+    records: list[TransitionRecord] = []
+    async with open_fault_server() as server:
+        server.cut_handshake_next(1, after=after)
+        async with open_connection(
+            server.url,
+            open_stream=server.open_stream,
+            config=ConnectionConfig(retry=NO_JITTER),
+            on_transition=records.append,
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+    failed = records[1]
+    assert failed.kind is ErrorKind.NETWORK
+    assert failed.reason == "network: BrokenResourceError during the handshake"
+    assert failed.duration == 0.0  # at once, not at connect_timeout
+    assert failed.retry_in == 10.0
+
+
+async def test_a_peer_that_resets_inside_the_101_fails_the_attempt_as_network() -> None:
+    """Real clock: a TCP reset needs a real socket."""
+    records: list[TransitionRecord] = []
+    with trio.fail_after(20):
+        async with open_fault_server() as server:
+            server.cut_handshake_next(1, after=20, reset=True)
+            async with open_connection(
+                server.url,
+                config=ConnectionConfig(
+                    retry=RetryPolicy(jitter=0.0, backoff={ErrorKind.NETWORK: Backoff(0.1, 0.1)})
+                ),
+                on_transition=records.append,
+            ) as conn:
+                await conn.wait_for_state(S.CONNECTED)
+    failed = records[1]
+    assert failed.kind is ErrorKind.NETWORK
+    assert failed.reason.endswith("during the handshake")
+    assert failed.duration < 1.0
