@@ -44,9 +44,9 @@ def chaos(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Quick benchmarks (the full ones: the commands in README "Performance")."""
-    session.install("-e", ".")
+    session.install("-e", ".[bench]")
     session.chdir("bench")
     session.run("python", "throughput.py", "--rounds", "5", "--messages", "5000")
     session.run("python", "events.py", "--events", "5000", "--runs", "5")
     session.run("python", "reconnect.py", "--reconnects", "50", "--runs", "5")
-    session.run("python", "idle_scale.py", "--counts", "1000", "--runs", "5")
+    session.run("python", "idle_scale.py", "--counts", "1000", "--intervals", "15", "--runs", "3")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -12,15 +14,31 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 HERE = Path(__file__).parent
 
 
+class Server:
+    """bench/server.py running in a second process."""
+
+    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far (10 ms resolution)."""
+        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server_process() -> Iterator[int]:
-    """Run bench/server.py in a second process; yield its port."""
+def server() -> Iterator[Server]:
+    """Run bench/server.py in a second process."""
     process = subprocess.Popen(
         [sys.executable, str(HERE / "server.py")], stdout=subprocess.PIPE, text=True
     )
@@ -28,10 +46,17 @@ def server_process() -> Iterator[int]:
         assert process.stdout is not None
         word, port = process.stdout.readline().split()
         assert word == "ready"
-        yield int(port)
+        yield Server(process, int(port))
     finally:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def server_process() -> Iterator[int]:
+    """Run bench/server.py in a second process; yield its port."""
+    with server() as running:
+        yield running.port
 
 
 def quiet_logging() -> None:
@@ -60,6 +85,46 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def trio_conn_build() -> dict[str, Any]:
+    """Which trio_conn is measured: the git HEAD, local changes, and its transport.
+
+    The package is installed editable from the work tree, so uncommitted
+    changes under trio_conn/ are what runs; ``transport_imports`` lists the
+    WebSocket libraries ``trio_conn/_transport.py`` imports at this moment.
+    """
+    root = HERE.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+            ).stdout.rstrip("\n")
+        except (OSError, subprocess.CalledProcessError):
+            return "?"
+
+    source = (root / "trio_conn" / "_transport.py").read_text(encoding="utf-8")
+    library = r"^\s*(?:from|import)\s+(trio_websocket|wsproto|websockets)\b"
+    imports = sorted(set(re.findall(library, source, re.MULTILINE)))
+    changed = git("status", "--porcelain", "--", "trio_conn")
+    return {
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "trio_conn_changed_files": [line[3:] for line in changed.splitlines()],
+        "transport_imports": imports,
+        "transport_sha1": hashlib.sha1(source.encode()).hexdigest()[:12],
+    }
+
+
+def describe_build(build: dict[str, Any]) -> str:
+    """One line for the top of a report: which trio_conn these figures are of."""
+    changed = build["trio_conn_changed_files"]
+    imports = ", ".join(build["transport_imports"]) or "no WebSocket library"
+    local = f" + uncommitted changes to {', '.join(changed)}" if changed else ""
+    return (
+        f"trio_conn at {build['git_head']}{local}; "
+        f"its _transport.py ({build['transport_sha1']}) imports {imports}"
+    )
 
 
 def machine() -> str:

@@ -1,16 +1,40 @@
 """Idle scale: many connections that only heartbeat; memory, CPU and missed beats.
 
-    python bench/idle_scale.py [--counts 1000 5000 10000] [--runs 5] [--stress-window 5]
+    python bench/idle_scale.py [--counts 1000 5000 10000] [--intervals 15 1] [--runs 5]
+                               [--kinds raw websockets managed] [--stress-window 5]
+                               [--json PATH]
 
-For each count, raw trio-websocket (a task per connection pinging every
-interval, one draining messages) and trio_conn (``open_connection`` with
-``PingHeartbeat``) each run in a fresh client process against the server in
-another process. A child opens the connections (200 at a time), collects
-garbage, and reads its RSS; then it watches a window of one heartbeat
-interval with the GC at its defaults, and another after ``gc.freeze()``,
-reporting client CPU (process time / wall time) and missed beats in each.
-Heartbeats: the default 15 s (window 15 s), and a 1 s stress variant (window
-``--stress-window`` s). Each figure is the median over ``--runs`` children.
+Three clients, each in a fresh client process per run, against the server
+(bench/server.py) in another process:
+
+- ``raw``: trio-websocket, a task per connection pinging every interval
+  (``ws.ping``, judged at a 2x interval timeout), one draining messages;
+- ``websockets``: websockets' own Trio client, ``websockets.trio.client.connect``
+  with its keepalive at ``ping_interval=interval, ping_timeout=2 * interval``,
+  a task draining messages (``async for``);
+- ``managed``: trio_conn, ``open_connection`` with ``PingHeartbeat`` and
+  ``heartbeat_interval=interval, heartbeat_timeout=2 * interval``.
+
+A child opens the connections (200 at a time), collects garbage, and reads
+its RSS; then it watches a window of one heartbeat interval with the GC at its
+defaults, and another after ``gc.freeze()``, reporting client CPU (process
+time / wall time) and missed beats in each (trio_conn: its
+``connection.heartbeat_missed`` events; raw: pings unanswered in 2 intervals;
+websockets: connections its keepalive closed). Heartbeats: the default 15 s
+(window 15 s), and a 1 s stress variant (window ``--stress-window`` s).
+
+Each figure is the median over ``--runs`` children, the order of the kinds
+rotating from run to run; CPU per connection is the child's CPU share over
+the window divided by the connections (microseconds of CPU per second per
+connection); ratios (trio_conn / websockets, trio_conn / raw) are medians of
+the per-run ratios. A child still busy after ``--child-timeout`` has
+saturated its core and is reported as such.
+
+The comparison (about 8 minutes) and the 10,000-connection check of missed
+beats for trio_conn (about 1 minute):
+
+    python bench/idle_scale.py --counts 1000 --intervals 15
+    python bench/idle_scale.py --counts 10000 --intervals 15 --runs 1 --kinds managed
 """
 
 from __future__ import annotations
@@ -26,12 +50,25 @@ from typing import Any
 
 import structlog
 import trio
-from _common import HERE, machine, median, raise_fd_limit, rss_bytes, server_process
+from _common import (
+    HERE,
+    describe_build,
+    machine,
+    median,
+    raise_fd_limit,
+    rss_bytes,
+    server_process,
+    trio_conn_build,
+)
 from trio_websocket import open_websocket_url
+from websockets.exceptions import ConnectionClosed as WebsocketsClosed
+from websockets.trio.client import connect as websockets_connect
 
 from trio_conn import ConnectionConfig, ConnectionState, PingHeartbeat, open_connection
 
 BATCH = 200
+KINDS = ("raw", "websockets", "managed")
+LABELS = {"raw": "trio-websocket", "websockets": "websockets.trio", "managed": "trio_conn"}
 
 
 class Counters:
@@ -71,6 +108,18 @@ async def raw_connection(url: str, interval: float, counters: Counters) -> None:
                 await trio.sleep_until(sent_at + interval)
 
 
+async def websockets_connection(url: str, interval: float, counters: Counters) -> None:
+    connect = websockets_connect(url, proxy=None, ping_interval=interval, ping_timeout=interval * 2)
+    async with connect as ws:
+        counters.one_connected()
+        try:
+            async for _ in ws:
+                pass
+        except WebsocketsClosed:
+            pass
+        counters.missed += 1  # only its keepalive closes an idle connection
+
+
 CONFIGS: dict[float, ConnectionConfig] = {}  # one per interval, shared as an app would
 
 
@@ -87,6 +136,13 @@ async def managed_connection(url: str, interval: float, counters: Counters) -> N
             pass
 
 
+CONNECT = {
+    "raw": raw_connection,
+    "websockets": websockets_connection,
+    "managed": managed_connection,
+}
+
+
 def count_missed_beats(counters: Counters) -> None:
     """Route trio_conn's events to a counter of missed beats; drop everything."""
 
@@ -100,6 +156,7 @@ def count_missed_beats(counters: Counters) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
     )
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
 
 
 async def window(seconds: float, counters: Counters) -> dict[str, float]:
@@ -116,7 +173,7 @@ async def child(kind: str, url: str, count: int, interval: float, seconds: float
     count_missed_beats(counters)
     gc.collect()
     rss_before = rss_bytes()
-    connect = raw_connection if kind == "raw" else managed_connection
+    connect = CONNECT[kind]
     async with trio.open_nursery() as nursery:
         started = time.perf_counter()
         for first in range(0, count, BATCH):
@@ -167,7 +224,13 @@ def run_child(
     return result
 
 
-def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def cpu_us_per_connection(sample: dict[str, Any], window_name: str, count: int) -> float:
+    """Microseconds of CPU per second of wall time, per connection."""
+    share: float = sample[window_name]["cpu_share"]
+    return share * 1e6 / count
+
+
+def summarise(samples: list[dict[str, Any]], count: int) -> dict[str, Any]:
     saturated = sum(bool(s.get("saturated")) for s in samples)
     if saturated:
         return {"saturated_runs": saturated}
@@ -176,9 +239,90 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "connect_seconds": median([s["connect_seconds"] for s in samples]),
         "cpu_share_gc_default": median([s["gc_default"]["cpu_share"] for s in samples]),
         "cpu_share_gc_frozen": median([s["gc_frozen"]["cpu_share"] for s in samples]),
+        "cpu_us_per_s_per_connection_gc_default": median(
+            [cpu_us_per_connection(s, "gc_default", count) for s in samples]
+        ),
+        "cpu_us_per_s_per_connection_gc_frozen": median(
+            [cpu_us_per_connection(s, "gc_frozen", count) for s in samples]
+        ),
         "missed_gc_default": max(s["gc_default"]["missed"] for s in samples),
         "missed_gc_frozen": max(s["gc_frozen"]["missed"] for s in samples),
     }
+
+
+def ratios(
+    subject: list[dict[str, Any]], other: list[dict[str, Any]], count: int
+) -> dict[str, float] | None:
+    """trio_conn / another kind: medians of the per-run ratios (None if one saturated)."""
+    pairs = list(zip(subject, other, strict=True))
+    if any(s.get("saturated") or o.get("saturated") for s, o in pairs):
+        return None
+    return {
+        "rss": median([s["rss_per_connection"] / o["rss_per_connection"] for s, o in pairs]),
+        "cpu_gc_default": median(
+            [s["gc_default"]["cpu_share"] / o["gc_default"]["cpu_share"] for s, o in pairs]
+        ),
+        "cpu_gc_frozen": median(
+            [s["gc_frozen"]["cpu_share"] / o["gc_frozen"]["cpu_share"] for s, o in pairs]
+        ),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    """A markdown table, a line per count, heartbeat and client."""
+    rows = [
+        [
+            "connections",
+            "heartbeat",
+            "client",
+            "RSS per conn",
+            "CPU us/s per conn (GC default; frozen)",
+            "missed beats (default; frozen)",
+            "connect s",
+            "trio_conn / this (RSS; CPU)",
+        ]
+    ]
+    for row in results["figures"]:
+        for kind in results["kinds"]:
+            figure = row[kind]
+            found = row.get(f"managed_vs_{kind}")
+            versus = f"{found['rss']:.2f}x; {found['cpu_gc_default']:.2f}x" if found else "-"
+            if "saturated_runs" in figure:
+                cells = ["saturated", "saturated", "-", "-"]
+            else:
+                cells = [
+                    f"{figure['rss_per_connection_kb']:.1f} KB",
+                    f"{figure['cpu_us_per_s_per_connection_gc_default']:.1f};"
+                    f" {figure['cpu_us_per_s_per_connection_gc_frozen']:.1f}",
+                    f"{figure['missed_gc_default']}; {figure['missed_gc_frozen']}",
+                    f"{figure['connect_seconds']:.1f}",
+                ]
+            rows.append(
+                [
+                    f"{row['connections']:,}",
+                    f"{row['heartbeat_interval']:g} s",
+                    LABELS[kind],
+                    *cells,
+                    versus,
+                ]
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        describe_build(results["trio_conn"]),
+        f"{results['machine']}; median of {results['runs']} child processes per figure",
+        "CPU us/s per conn: microseconds of client CPU per second per connection, over one"
+        " heartbeat interval (below 15 s: --stress-window seconds)",
+        "missed beats: the most in any run; ratios: medians of the per-run ratios"
+        " (CPU: GC at its defaults)",
+        "",
+    ]
+    for index, cells in enumerate(rows):
+        aligned = [cells[0].rjust(widths[0]), cells[1].rjust(widths[1]), cells[2].ljust(widths[2])]
+        aligned += [c.rjust(w) for c, w in zip(cells[3:], widths[3:], strict=True)]
+        lines.append("| " + " | ".join(aligned) + " |")
+        if index == 0:
+            lines.append("| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -189,12 +333,14 @@ def main() -> None:
     parser.add_argument(
         "--intervals", type=float, nargs="+", default=[15.0, 1.0], help="heartbeat intervals"
     )
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument(
         "--child-timeout",
         type=float,
         default=240.0,
         help="seconds; a child still busy then has saturated its core (reported as such)",
     )
+    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
@@ -203,28 +349,39 @@ def main() -> None:
         url = f"ws://127.0.0.1:{port}/"
         trio.run(child, kind, url, int(count), float(interval), float(seconds))
         return
-    results: dict[str, Any] = {"machine": machine(), "runs": args.runs, "figures": []}
+    kinds = [k for k in KINDS if k in args.kinds]
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "trio_conn": trio_conn_build(),
+        "runs": args.runs,
+        "kinds": kinds,
+        "figures": [],
+    }
     with server_process() as port:
         for interval in args.intervals:
             seconds = interval if interval >= 15.0 else args.stress_window
             for count in args.counts:
                 row: dict[str, Any] = {"connections": count, "heartbeat_interval": interval}
-                samples: dict[str, list[dict[str, Any]]] = {"raw": [], "managed": []}
-                for _ in range(args.runs):
-                    for kind in ("raw", "managed"):
+                samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+                for run in range(args.runs):
+                    for kind in kinds[run % len(kinds) :] + kinds[: run % len(kinds)]:
                         samples[kind].append(
                             run_child(kind, port, count, interval, seconds, args.child_timeout)
                         )
-                row["raw"] = summarise(samples["raw"])
-                row["managed"] = summarise(samples["managed"])
-                if "saturated_runs" not in row["raw"] and "saturated_runs" not in row["managed"]:
-                    row["rss_ratio"] = (
-                        row["managed"]["rss_per_connection_kb"]
-                        / row["raw"]["rss_per_connection_kb"]
-                    )
+                for kind in kinds:
+                    row[kind] = summarise(samples[kind], count)
+                if "managed" in kinds:
+                    for other in ("websockets", "raw"):
+                        if other in kinds:
+                            found = ratios(samples["managed"], samples[other], count)
+                            row[f"managed_vs_{other}"] = found
                 results["figures"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+    print(table(results))
     print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(results, out, indent=2)
 
 
 if __name__ == "__main__":

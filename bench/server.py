@@ -1,147 +1,265 @@
 """The benchmarks' peer: a minimal WebSocket server, run as a second process.
 
 wsproto does the opening handshake; after it the server reads and writes raw
-frames itself, so its own cost stays far below the client's and the
-benchmarks measure the client (raw trio-websocket or trio_conn), not this.
+frames itself, unmasking with websockets' C ``apply_mask`` when it is
+installed, so that its own cost stays far below the client's and the
+benchmarks measure the client, not this. asyncio protocol callbacks serve
+the many idle connections (handshake, pings, ``drop``); a connection given a
+data command moves to a thread of its own doing blocking socket calls, the
+cheapest per message that Python offers (no event loop between the socket
+and the frame). ``throughput.py`` reports the server's CPU time beside the
+client's.
 
     python bench/server.py            # prints "ready PORT", serves until killed
 
-What each connection does depends on its first message (a small text frame):
+What each connection does depends on its first message (a small text frame);
+the messages are ``_messages.py``'s numbered ones, checked whole:
 
-- ``flood N``: send N text frames of 32 bytes as fast as possible, then idle;
-- ``sink N``: read N client frames, then answer ``done``;
-- ``echo``: echo every text frame until the client goes;
+- ``flood SIZE N``: send messages 0 to N-1 of SIZE bytes as fast as the
+  client takes them, then idle; ``flood SIZE N swap K`` sends K+1 before K,
+  ``flood SIZE N corrupt K`` changes a byte of K (the client must notice);
+- ``sink SIZE N``: read and check messages 0 to N-1, then answer ``done``;
+- ``echo SIZE``: check each message (0, 1, 2, ...) and echo it;
 - ``drop``: close the TCP connection at once, without a close frame;
-- anything else or nothing: idle; pings are always answered.
+- anything else or nothing: idle.
+
+Pings are always answered, close frames too (then the server closes). A
+message out of order or with wrong content is answered with a text message
+``error: <what was wrong>`` instead of ``done`` or the echo; the connection
+then idles, dropping what it reads, until the client goes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import resource
+import socket
 import struct
-import sys
+import threading
 
-import trio
 import wsproto
 import wsproto.events
+from _messages import corrupt, describe, filler_bytes, message_bytes
 
-PAYLOAD = b"x" * 32
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # the pure-Python fallback: ~30 us per 16 KiB instead of 0.5
+
+    def apply_mask(data: bytes, mask: bytes) -> bytes:
+        length = len(data)
+        repeated = (mask * (length // 4 + 1))[:length]
+        return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+            length, "big"
+        )
 
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked server frame (payloads under 64 KiB)."""
-    if len(payload) < 126:
-        return bytes([0x81, len(payload)]) + payload
-    return bytes([0x81, 126]) + struct.pack("!H", len(payload)) + payload
+TEXT, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x8, 0x9, 0xA, 0x0
+BATCH_BYTES = 256 * 1024  # a flood is written in batches of about this size
+Frame = tuple[bool, int, bytes]  # fin, opcode, unmasked payload
 
 
-class FrameReader:
-    """Reads masked client frames from a stream (payloads under 64 KiB)."""
+def frame_header(length: int, opcode: int = TEXT) -> bytes:
+    """The header of an unmasked, final server frame."""
+    if length < 126:
+        return bytes([0x80 | opcode, length])
+    if length < 65536:
+        return bytes([0x80 | opcode, 126]) + struct.pack("!H", length)
+    return bytes([0x80 | opcode, 127]) + struct.pack("!Q", length)
 
-    def __init__(self, stream: trio.abc.Stream, leftover: bytes) -> None:
-        self.stream = stream
-        self.buffer = bytearray(leftover)
 
-    async def _fill(self, count: int) -> bool:
-        while len(self.buffer) < count:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return False
-            self.buffer += data
-        return True
-
-    async def frame(self, *, unmask: bool = True) -> tuple[int, bytes] | None:
-        """``(opcode, payload)`` of the next frame, or None at EOF.
-
-        ``unmask=False`` skips decoding the payload (the sink only counts).
-        """
-        if not await self._fill(2):
-            return None
-        opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-        header = 2
+def parse(buffer: bytearray, *, most: int = -1) -> list[Frame]:
+    """The complete client frames at the start of ``buffer`` (``most`` of them), removed."""
+    frames: list[Frame] = []
+    position = 0
+    while len(frames) != most:
+        available = len(buffer) - position
+        if available < 2:
+            break
+        second = buffer[position + 1]
+        length, header = second & 0x7F, 2
         if length == 126:
-            if not await self._fill(4):
-                return None
-            length = struct.unpack("!H", self.buffer[2:4])[0]
-            header = 4
-        if not await self._fill(header + 4 + length):
-            return None
-        mask = self.buffer[header : header + 4]
-        masked = self.buffer[header + 4 : header + 4 + length]
-        del self.buffer[: header + 4 + length]
-        if not unmask:
-            return opcode, b""
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(masked))
-        return opcode, payload
+            if available < 4:
+                break
+            length, header = (buffer[position + 2] << 8) | buffer[position + 3], 4
+        elif length == 127:
+            if available < 10:
+                break
+            length, header = int.from_bytes(buffer[position + 2 : position + 10], "big"), 10
+        masked = second & 0x80
+        end = position + header + (4 if masked else 0) + length
+        if len(buffer) < end:
+            break
+        first = buffer[position]
+        payload = bytes(buffer[end - length : end])
+        if masked:
+            payload = apply_mask(payload, bytes(buffer[end - length - 4 : end - length]))
+        frames.append((bool(first & 0x80), first & 0x0F, payload))
+        position = end
+    del buffer[:position]
+    return frames
 
 
-async def handshake(stream: trio.abc.Stream) -> bytes | None:
-    """Answer the upgrade request; return bytes read past it (None if the client left)."""
-    ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-    while True:
-        data = await stream.receive_some(65536)
-        if not data:
-            return None
-        ws.receive_data(data)
-        for event in ws.events():
-            if isinstance(event, wsproto.events.Request):
-                await stream.send_all(ws.send(wsproto.events.AcceptConnection()))
-                # wsproto keeps any bytes after the request; a client does not
-                # send before the answer, so there are none in practice.
-                return b""
+class Closed(Exception):
+    """The client went: end of stream, or a close frame (answered)."""
 
 
-async def serve(stream: trio.abc.Stream) -> None:
-    try:
-        leftover = await handshake(stream)
-        if leftover is None:
+class Worker:
+    """One connection doing a data command, in a thread of its own, blocking calls."""
+
+    def __init__(self, sock: socket.socket, leftover: bytearray, words: list[str]) -> None:
+        self.sock = sock
+        self.buffer = leftover
+        self.ready = parse(leftover)[::-1]  # pop() from the end, in order
+        self.fragments: list[bytes] = []
+        self.words = words
+
+    def run(self) -> None:
+        command, size = self.words[0], int(self.words[1])
+        try:
+            if command == "flood":
+                fault = (self.words[3], int(self.words[4])) if len(self.words) > 3 else ("", -1)
+                self.flood(size, int(self.words[2]), *fault)
+            elif command == "sink":
+                count = int(self.words[2])
+                if all(self.check(index, size) is not None for index in range(count)):
+                    self.send_text(b"done")
+            else:  # echo
+                index = 0
+                while (got := self.check(index, size)) is not None:
+                    self.send_text(got)
+                    index += 1
+            while True:  # idle until the client goes
+                self.message()
+        except (Closed, OSError):
+            pass
+        finally:
+            self.sock.close()
+
+    def message(self) -> bytes:
+        """The next data message (fragments joined); pings and close answered on the way."""
+        while True:
+            while not self.ready:
+                data = self.sock.recv(262144)
+                if not data:
+                    raise Closed
+                self.buffer += data
+                self.ready = parse(self.buffer)
+                self.ready.reverse()  # pop() from the end, in order
+            fin, opcode, payload = self.ready.pop()
+            if opcode == PING:
+                self.sock.sendall(frame_header(len(payload), PONG) + payload)
+            elif opcode == CLOSE:
+                self.sock.sendall(frame_header(len(payload), CLOSE) + payload)
+                raise Closed
+            elif opcode != PONG:
+                if opcode != CONTINUATION:
+                    self.fragments.clear()
+                self.fragments.append(payload)
+                if fin:
+                    whole = b"".join(self.fragments)
+                    self.fragments.clear()
+                    return whole
+
+    def check(self, index: int, size: int) -> bytes | None:
+        """The next message if it is message ``index``; else report the error and return None."""
+        got = self.message()
+        if got == message_bytes(index, size):
+            return got
+        self.send_text(f"error: {describe(index, got, size)}".encode())
+        return None
+
+    def send_text(self, payload: bytes) -> None:
+        self.sock.sendall(frame_header(len(payload)) + payload)
+
+    def flood(self, size: int, count: int, fault: str, at: int) -> None:
+        header = frame_header(size)
+        per_batch = max(1, BATCH_BYTES // (size + len(header)))
+        fills = filler_bytes(size)
+        for first in range(0, count, per_batch):
+            parts: list[bytes] = []
+            for index in range(first, min(count, first + per_batch)):
+                number = index
+                if fault == "swap" and index in (at, at + 1):
+                    number = at + 1 if index == at else at
+                if fault == "corrupt" and index == at:
+                    parts += (header, corrupt(message_bytes(index, size).decode()).encode())
+                    continue
+                parts += (header, b"%08d" % number, fills[number % len(fills)])
+            self.sock.sendall(b"".join(parts))
+
+
+class Connection(asyncio.Protocol):
+    """One client from its upgrade request until it goes idle, drops or gets a data command."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport
+        self.handshake: wsproto.WSConnection | None = wsproto.WSConnection(
+            wsproto.ConnectionType.SERVER
+        )
+        self.buffer = bytearray()
+        self.commanded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.handshake is not None:
+            self.handshake.receive_data(data)
+            for event in self.handshake.events():
+                if isinstance(event, wsproto.events.Request):
+                    self.transport.write(self.handshake.send(wsproto.events.AcceptConnection()))
+                    # wsproto keeps any bytes after the request; a client does
+                    # not send before the answer, so there are none in practice.
+                    self.handshake = None
             return
-        reader = FrameReader(stream, leftover)
-        first = True
-        echo = False
-        sink_left = 0
-        while (frame := await reader.frame(unmask=not sink_left)) is not None:
-            opcode, payload = frame
-            if opcode == 0x9:  # ping
-                await stream.send_all(bytes([0x8A, len(payload)]) + payload)
-                continue
-            if opcode == 0x8:  # close: answer and stop
-                await stream.send_all(bytes([0x88, len(payload)]) + payload)
+        self.buffer += data
+        while frames := parse(self.buffer, most=1):  # one at a time: a Worker takes the rest
+            _fin, opcode, payload = frames[0]
+            if opcode == PING:
+                self.transport.write(frame_header(len(payload), PONG) + payload)
+            elif opcode == CLOSE:
+                self.transport.write(frame_header(len(payload), CLOSE) + payload)
+                self.transport.close()
                 return
-            if sink_left:
-                sink_left -= 1
-                if not sink_left:
-                    await stream.send_all(text_frame(b"done"))
-                continue
-            if echo:
-                await stream.send_all(text_frame(payload))
-                continue
-            if first:
-                first = False
-                command, _, argument = payload.decode().partition(" ")
-                if command == "flood":
-                    await stream.send_all(text_frame(PAYLOAD) * int(argument))
-                elif command == "sink":
-                    sink_left = int(argument)
-                elif command == "echo":
-                    echo = True
-                elif command == "drop":  # abrupt: no close frame
+            elif opcode == TEXT and not self.commanded:  # the first message: a command
+                self.commanded = True
+                words = payload.decode("utf-8", "replace").split()
+                if words[:1] == ["drop"]:  # abrupt: no close frame
+                    self.transport.abort()
                     return
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
+                if words[:1] in (["flood"], ["sink"], ["echo"]):
+                    self.hand_off(words)
+                    return
+            # any other message: idle, dropped
+
+    def hand_off(self, words: list[str]) -> None:
+        """Give the socket (and what follows the command) to a Worker thread."""
+        self.transport.pause_reading()
+        sock = self.transport.get_extra_info("socket")
+        own = socket.socket(fileno=os.dup(sock.fileno()))
+        own.setblocking(True)  # shared with asyncio's descriptor, which is idle from now
+        leftover, self.buffer = self.buffer, bytearray()
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                Worker(own, leftover, words).run()
+            finally:
+                loop.call_soon_threadsafe(self.transport.abort)
+
+        threading.Thread(target=run, daemon=True).start()
 
 
 async def main() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
-    print(f"ready {listeners[0].socket.getsockname()[1]}", flush=True)
-    await trio.serve_listeners(serve, listeners)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Connection, "127.0.0.1", 0, backlog=4096)
+    print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
 
 
 if __name__ == "__main__":
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    trio.run(main)
-    sys.exit(0)
+    asyncio.run(main())
