@@ -67,6 +67,7 @@ class Supervisor:
         "_on_transition",
         "_seq",
         "_spec",
+        "_stuck",
         "control",
         "mailbox",
         "scope",
@@ -89,6 +90,8 @@ class Supervisor:
         # Set when a state is next entered; made only for states waited for.
         self._entered: dict[ConnectionState, trio.Event] = {}
         self._seq = 0  # transitions published: tells one stay from the next
+        # The watched stay the supervisor waits out: (state, limit, deadline).
+        self._stuck: tuple[ConnectionState, float, float] | None = None
         self._hook_running = False
         #: Shared with the sessions: stop flag, wake-ups, the live connection.
         self.control = Control()
@@ -182,8 +185,7 @@ class Supervisor:
                             # on_transition may have called connect(): ask again
                             # rather than sleep through it.
                             continue
-                        with trio.move_on_at(action.until):
-                            await control.wait_changed()
+                        await self._wait(action.until)
                     elif isinstance(action, CallHook):
                         await self._call_hook(action.info)
                     elif isinstance(action, Finish):
@@ -256,17 +258,49 @@ class Supervisor:
                 entered.set()
             if to_state is S.CLOSED:
                 self.mailbox.close()
-            limit = self._spec.config.stuck_after.get(to_state)
-            if limit is not None and record.retry_in is not None:
-                limit += record.retry_in  # a planned wait is not a stay held too long
-            if limit is not None and self._nursery is not None:
-                self._nursery.start_soon(self._watch_stay, self._seq, to_state, limit)
+            self._watch(record)
             self.control.notify()
             if self._on_transition is not None:
                 try:
                     self._on_transition(record)
                 except Exception as exc:
                     self._events.hook_failed(hook="on_transition", error=exc)
+
+    def _watch(self, record: TransitionRecord) -> None:
+        """Arm the stuck-state watch for the stay ``record`` begins, if watched.
+
+        A stay the supervisor waits out (DISCONNECTED, RECONNECTING, FAILED) is
+        watched by its own wait; an attempt ends by ``connect_timeout``, so a
+        watch task is only needed for a shorter limit, or for CONNECTED.
+        """
+        self._stuck = None
+        limit = self._spec.config.stuck_after.get(record.to_state)
+        if limit is None:
+            return
+        if record.retry_in is not None:
+            limit += record.retry_in  # a planned wait is not a stay held too long
+        state = record.to_state
+        if state is S.CONNECTED or (
+            state is S.CONNECTING and limit < self._spec.config.connect_timeout
+        ):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._watch_stay, self._seq, state, limit)
+        elif state is not S.CONNECTING:
+            self._stuck = (state, limit, record.at + limit)
+
+    async def _wait(self, until: float) -> None:
+        """Sleep until ``until`` or a request; report the stay as stuck if it outlives its limit."""
+        stuck = self._stuck
+        if stuck is not None:
+            until = min(until, stuck[2])
+        with trio.move_on_at(until):
+            await self.control.wait_changed()
+        # The same stay (a transition replaces self._stuck) past its deadline:
+        if stuck is not None and self._stuck is stuck and trio.current_time() >= stuck[2]:
+            self._stuck = None  # once per stay
+            state, limit, _ = stuck
+            seconds = self._life.machine.time_in_state(trio.current_time())
+            self._events.state_stuck(state=state, seconds=seconds, limit=limit)
 
     async def _watch_stay(self, seq: int, state: ConnectionState, limit: float) -> None:
         """Emit connection.state_stuck if the stay that transition ``seq`` began

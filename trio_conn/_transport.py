@@ -35,6 +35,7 @@ from typing import Protocol
 
 import trio
 import wsproto
+from wsproto.connection import Connection
 from wsproto.connection import ConnectionState as WireState
 from wsproto.events import (
     AcceptConnection,
@@ -120,6 +121,33 @@ class WebSocket:
         written to: wakes the session.
     """
 
+    # Slots: thousands of idle connections per process (bench/idle_scale.py).
+    __slots__ = (
+        "_buffer",
+        "_close_sent",
+        "_done",
+        "_fragments",
+        "_lock",
+        "_max_fragments",
+        "_max_size",
+        "_on_change",
+        "_owed",
+        "_parts",
+        "_pings",
+        "_sink",
+        "_size",
+        "_slice",
+        "_stream",
+        "_ws",
+        "bytes_received",
+        "bytes_written",
+        "compressed",
+        "end",
+        "on_pong",
+        "send_error",
+        "subprotocol",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -130,12 +158,16 @@ class WebSocket:
         on_change: Callable[[], None],
     ) -> None:
         self._stream = stream
-        self._ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        # The handshake's object until the 101; then only the frame protocol's
+        # (WSConnection.connection), so the HTTP parser is not kept for days.
+        self._ws: wsproto.WSConnection | Connection = wsproto.WSConnection(
+            wsproto.ConnectionType.CLIENT
+        )
         self._max_size = max_message_size
         self._max_fragments = max_fragments
         self._on_change = on_change
         self._lock = trio.StrictFIFOLock()
-        self._owed: deque[bytes] = deque()  # pongs owed while another task writes
+        self._owed: deque[bytes] | None = None  # pongs owed while another task writes
         self._buffer = _Buffer(buffer)
         self._sink: MessageSink = self._buffer
         self._parts: list[str | bytes | bytearray] = []  # the message being assembled
@@ -193,12 +225,16 @@ class WebSocket:
             if not data:
                 raise trio.BrokenResourceError("the peer ended the stream during the handshake")
             self.bytes_received += len(data)
-            self._ws.receive_data(bytes(data))
-            for event in self._ws.events():
+            handshake = self._ws
+            assert isinstance(handshake, wsproto.WSConnection)
+            handshake.receive_data(bytes(data))
+            for event in handshake.events():
                 if isinstance(event, AcceptConnection):
                     self.subprotocol = event.subprotocol
                     self.compressed = bool(event.extensions)
                     self._slice = COMPRESSED_SLICE if self.compressed else 0
+                    assert handshake.connection is not None  # frames after the 101 are in it
+                    self._ws = handshake.connection
                     return
                 if isinstance(event, RejectConnection):
                     rejection = ConnectionRejected(event.status_code, list(event.headers), b"")
@@ -250,10 +286,21 @@ class WebSocket:
                 self._ended(1006, "the session ended")
 
     async def _handle_events(self) -> None:
+        max_size = self._max_size
         for event in self._ws.events():
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
-                message = self._assemble(event)  # type: ignore[arg-type]
+                data = event.data  # type: ignore[attr-defined]
+                # The hot path, inline: a whole small message in one piece.
+                if (
+                    event.message_finished  # type: ignore[attr-defined]
+                    and not self._parts
+                    and type(data) is not bytearray
+                    and len(data) * 4 <= max_size  # within the limit even in UTF-8
+                ):
+                    message: Data | None = data
+                else:
+                    message = self._assemble(event)  # type: ignore[arg-type]
                 if message is not None and not self._sink.offer(message):
                     await self._sink.put(message)
             elif kind is Ping:
@@ -296,6 +343,8 @@ class WebSocket:
             return
         pong = self._ws.send(ping.response())
         if self._lock.locked():
+            if self._owed is None:
+                self._owed = deque()
             self._owed.append(pong)  # written by the lock's holder after its frame
             return
         self._lock.acquire_nowait()
@@ -393,8 +442,9 @@ class WebSocket:
         """Write ``data`` whole, then the pongs owed meanwhile (the caller holds the lock)."""
         try:
             await self._write_chunks(data)
-            while self._owed:
-                await self._write_chunks(self._owed.popleft())
+            owed = self._owed
+            while owed:
+                await self._write_chunks(owed.popleft())
         except trio.Cancelled:
             self._unusable(SendInterrupted("a send was cut off in the middle of its frame"))
             raise
