@@ -130,6 +130,21 @@ async def connected(
     yield Link(websocket, peer, stream, changes)
 
 
+def unconnected() -> tuple[WebSocket, trio.abc.Stream, wsproto.WSConnection]:
+    """A client WebSocket before its handshake, the server's stream, and a server wsproto."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    websocket = WebSocket(
+        client_stream, max_message_size=1000, max_fragments=4, buffer=4, on_change=lambda: None
+    )
+    return websocket, server_stream, wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+
+
+async def read_request(stream: trio.abc.Stream, server: wsproto.WSConnection) -> None:
+    """Read the client's upgrade request into ``server``."""
+    while not any(isinstance(event, Request) for event in server.events()):
+        server.receive_data(bytes(await stream.receive_some(65536)))
+
+
 async def read_all(websocket: WebSocket, count: int) -> list[object]:
     return [await websocket.receive() for _ in range(count)]
 
@@ -149,21 +164,13 @@ async def test_the_handshake_carries_headers_and_chooses_a_subprotocol(
 async def test_a_rejection_carries_status_headers_and_the_start_of_the_body(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    websocket = WebSocket(
-        client_stream, max_message_size=1000, max_fragments=4, buffer=4, on_change=lambda: None
-    )
-    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    websocket, server_stream, server = unconnected()
 
     async def reject() -> None:
-        server.receive_data(bytes(await server_stream.receive_some(65536)))
-        for event in server.events():
-            if isinstance(event, Request):
-                answer = RejectConnection(
-                    status_code=503, headers=[(b"retry-after", b"7")], has_body=True
-                )
-                await server_stream.send_all(server.send(answer))
-                await server_stream.send_all(server.send(RejectData(b"x" * 100_000)))
+        await read_request(server_stream, server)
+        answer = RejectConnection(status_code=503, headers=[(b"retry-after", b"7")], has_body=True)
+        await server_stream.send_all(server.send(answer))
+        await server_stream.send_all(server.send(RejectData(b"x" * 100_000)))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reject)
@@ -178,20 +185,14 @@ async def test_a_rejection_carries_status_headers_and_the_start_of_the_body(
 async def test_a_peer_that_ends_the_stream_inside_the_101_fails_the_handshake_at_once(
     autojump_clock: trio.testing.MockClock, after: int
 ) -> None:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    websocket = WebSocket(
-        client_stream, max_message_size=1000, max_fragments=4, buffer=4, on_change=lambda: None
-    )
-    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    websocket, server_stream, server = unconnected()
 
     async def cut() -> None:
-        server.receive_data(bytes(await server_stream.receive_some(65536)))
-        for event in server.events():
-            if isinstance(event, Request):
-                answer = server.send(AcceptConnection())
-                assert answer.startswith(b"HTTP/1.1 101")
-                await server_stream.send_all(answer[:after])
-                await server_stream.aclose()
+        await read_request(server_stream, server)
+        answer = server.send(AcceptConnection())
+        assert answer.startswith(b"HTTP/1.1 101")
+        await server_stream.send_all(answer[:after])
+        await server_stream.aclose()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cut)
