@@ -51,7 +51,7 @@ from trio_conn import (
     ConnectionState,
     ErrorKind,
     RetryPolicy,
-    Transition,
+    TransitionRecord,
     open_connection,
 )
 
@@ -88,7 +88,7 @@ class Loop:
 async def managed(url: str, count: int, loop: Loop) -> None:
     connected = trio.Event()
 
-    def on_transition(record: Transition) -> None:
+    def on_transition(record: TransitionRecord) -> None:
         if record.to_state is S.CONNECTED:
             connected.set()
 

@@ -46,7 +46,7 @@ try:
     from websockets.speedups import apply_mask
 except ImportError:  # the pure-Python fallback: ~30 us per 16 KiB instead of 0.5
 
-    def apply_mask(data: bytes, mask: bytes) -> bytes:
+    def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
         length = len(data)
         repeated = (mask * (length // 4 + 1))[:length]
         return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
@@ -205,11 +205,12 @@ class Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.handshake is not None:
-            self.handshake.receive_data(data)
-            for event in self.handshake.events():
+        handshake = self.handshake
+        if handshake is not None:
+            handshake.receive_data(data)
+            for event in handshake.events():
                 if isinstance(event, wsproto.events.Request):
-                    self.transport.write(self.handshake.send(wsproto.events.AcceptConnection()))
+                    self.transport.write(handshake.send(wsproto.events.AcceptConnection()))
                     # wsproto keeps any bytes after the request; a client does
                     # not send before the answer, so there are none in practice.
                     self.handshake = None
