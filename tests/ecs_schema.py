@@ -33,6 +33,14 @@ _INTEGER_TYPES = frozenset({"long", "integer", "short", "byte", "unsigned_long"}
 _NUMBER_TYPES = frozenset({"float", "double", "scaled_float", "half_float"})
 # Types whose value is a whole subtree: flattening stops there.
 _OPAQUE_TYPES = frozenset({"flattened", "nested", "geo_point"})
+# The event.type values ECS expects with an event.category (ECS reference,
+# "ECS categorization field: event.category", expected event types). Only the
+# categories this project writes are listed.
+EXPECTED_TYPES: Mapping[str, frozenset[str]] = {
+    "network": frozenset(
+        {"access", "allowed", "connection", "denied", "end", "info", "protocol", "start"}
+    ),
+}
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
 
@@ -156,8 +164,27 @@ def check_ecs_line(obj: Mapping[str, Any], schema: EcsSchema | None = None) -> l
             for item in value if isinstance(value, list) else [value]:
                 if item not in allowed:
                     problems.append(f"{path}: {item!r} is not one of {sorted(allowed)}")
+    problems += _categorization_problems(seen)
     problems += [f"{key}: missing" for key in REQUIRED if key not in seen]
     timestamp = seen.get("@timestamp")
     if isinstance(timestamp, str) and not timestamp.endswith("Z"):
         problems.append(f"@timestamp: {timestamp!r} is not UTC with Z")
+    return problems
+
+
+def _categorization_problems(seen: Mapping[str, Any]) -> list[str]:
+    categories, types = seen.get("event.category", []), seen.get("event.type", [])
+    categories = categories if isinstance(categories, list) else [categories]
+    types = types if isinstance(types, list) else [types]
+    problems = []
+    for category in categories:
+        expected = EXPECTED_TYPES.get(category)
+        if expected is None:
+            continue
+        problems += [
+            f"event.type: {kind!r} is not expected with category {category!r} "
+            f"(expected: {', '.join(sorted(expected))})"
+            for kind in types
+            if kind not in expected
+        ]
     return problems

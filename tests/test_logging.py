@@ -30,8 +30,9 @@ from tests.test_events import (
     run_scenario,
 )
 from trio_conn import RecoveryRecord
+from trio_conn._ecs import ECS_VERSION
 from trio_conn._events import ConnectionEvents
-from trio_conn._logging import ECS_VERSION, TRIO_WEBSOCKET_LOGGER, configure_logging
+from trio_conn._logging import TRIO_WEBSOCKET_LOGGER, configure_logging
 
 Format = Literal["json", "ecs", "console"]
 FORMATS: tuple[Format, ...] = ("json", "ecs", "console")
@@ -202,14 +203,13 @@ def test_unserialisable_values_fall_back_to_repr() -> None:
 # --- ecs -----------------------------------------------------------------------------
 
 
-TYPE_BY_TARGET = {
-    "connected": ["connection", "start"],
-    "closed": ["connection", "end"],
-    "disconnected": ["connection", "end"],
-    "reconnecting": ["connection", "error"],
-    "failed": ["connection", "error"],
-    "connecting": ["connection"],
-}
+def expected_event_type(from_state: str, to_state: str) -> list[str]:
+    """ECS event.type of a transition: only types ECS expects with category network."""
+    if to_state == "connected":
+        return ["connection", "start"]
+    if to_state in ("closed", "disconnected") or from_state == "connected":
+        return ["connection", "end"]
+    return ["connection"]
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -243,7 +243,8 @@ def test_ecs_lines_are_valid_ecs_and_carry_the_mapping(binary: bool) -> None:
         custom = obj["trio_conn"]
         assert custom["to_state"] == step.to_state
         assert obj["log.level"] == expected_level(step)
-        assert obj["event"]["type"] == TYPE_BY_TARGET[step.to_state]
+        assert obj["event"]["type"] == expected_event_type(custom["from_state"], step.to_state)
+        assert obj["event"]["dataset"] == "bot.trio_conn"
         assert obj["event"]["outcome"] == (expected_outcome(step) or "unknown")
         assert obj["event"]["duration"] == round(custom["duration_s"] * 1e9)
         assert obj["event"]["reason"] == step.reason
@@ -301,7 +302,8 @@ def test_ecs_keeps_application_lines_valid() -> None:
     for obj in (plain, ecs_keys, nested, tagged, reserved):
         assert check_ecs_line(obj) == []
         assert obj["ecs.version"] == ECS_VERSION
-        assert obj["service"]["name"] == "trio-conn"
+        assert "service" not in obj  # no service name given: neither service nor dataset
+        assert "dataset" not in obj.get("event", {})
     assert plain["message"] == "plain keys"
     assert plain["labels"] == {
         "user": "bob",
@@ -345,11 +347,20 @@ def test_console_has_no_colour_codes_off_a_tty() -> None:
     lines = scenario_lines("console")
     assert len(lines) == N_EVENTS
     assert not any(ANSI.search(line) for line in lines)
-    assert "connection.state_changed" in lines[0]
-    assert f"conn_id={CONN_ID}" in lines[0]
-    assert "from_state=disconnected" in lines[0]
-    assert "to_state=connecting" in lines[0]
-    assert "[warning  ]" in lines[3]
+    # A person reads a sentence, not the fields: the time of day, the level, what happened.
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.\d{6} \[info +\] connection conn-1 moved from disconnected to "
+        r"connecting after 1 s: connect requested",
+        lines[0].rstrip(),
+    )
+    drop = next(line for line in lines if "from connected to reconnecting" in line)
+    assert "[warning  ]" in drop
+    assert drop.rstrip().endswith(
+        "connection conn-1 moved from connected to reconnecting after 12.5 s: "
+        "unexpected_close: ConnectionClosed (code 1006); next attempt in 3 s "
+        "error_message='CloseReason<code=1006, name=ABNORMAL_CLOSURE, reason=None>'"
+    )
+    assert not any("url=" in line or "conn_id=" in line for line in lines)
 
 
 def test_console_has_colours_on_a_tty() -> None:
@@ -400,7 +411,7 @@ def test_trio_websocket_logger_is_kept_out_of_debug() -> None:
     configure_logging("json", stream=io.StringIO())
     assert websocket_logger.level == logging.INFO
     websocket_logger.setLevel(logging.WARNING)
-    configure_logging("json", stream=io.StringIO())
+    configure_logging("json", stream=io.StringIO(), force=True)
     assert websocket_logger.level == logging.WARNING
 
 

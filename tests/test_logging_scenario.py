@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from tests.ecs_schema import check_ecs_line
+from tests.test_logging import expected_event_type
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
@@ -61,7 +62,7 @@ async def run_scenario(records: list[TransitionRecord]) -> None:
 
 async def emitted(fmt: str, records: list[TransitionRecord]) -> list[str]:
     stream = io.StringIO()
-    configure_logging(fmt, stream=stream, level="debug")  # type: ignore[arg-type]
+    configure_logging(fmt, stream=stream, level="debug", service_name="feed-bot")  # type: ignore[arg-type]
     await run_scenario(records)
     lines = stream.getvalue().splitlines()
     assert lines
@@ -145,7 +146,8 @@ async def test_ecs_lines(autojump_clock: trio.testing.MockClock) -> None:
         assert obj["ecs.version"]
         assert obj["event"]["kind"] == "event"
         assert obj["event"]["category"] == ["network"]
-        assert obj["service"]["name"] == "trio-conn"
+        assert obj["service"]["name"] == "feed-bot"
+        assert obj["event"]["dataset"] == "feed-bot.trio_conn"
         assert isinstance(obj["message"], str)
         assert obj["message"]
     changes = [o for o in objs if o["event"]["action"] == "connection.state_changed"]
@@ -155,14 +157,7 @@ async def test_ecs_lines(autojump_clock: trio.testing.MockClock) -> None:
         assert isinstance(obj["event"]["duration"], int)
         assert obj["event"]["reason"] == record.reason
         assert obj["trio_conn"]["from_state"] == record.from_state
-        expected_type = {
-            S.CONNECTED: ["connection", "start"],
-            S.CLOSED: ["connection", "end"],
-            S.DISCONNECTED: ["connection", "end"],
-            S.RECONNECTING: ["connection", "error"],
-            S.FAILED: ["connection", "error"],
-        }.get(record.to_state, ["connection"])
-        assert obj["event"]["type"] == expected_type
+        assert obj["event"]["type"] == expected_event_type(record.from_state, record.to_state)
         assert obj["url"]["full"].startswith("ws://REDACTED:REDACTED@")
     assert changes[1]["event"]["outcome"] == "success"
     assert changes[2]["error"]["type"] == "trio_conn.ConnectionClosed"
@@ -175,7 +170,9 @@ async def test_console_lines(autojump_clock: trio.testing.MockClock) -> None:
     records: list[TransitionRecord] = []
     lines = await emitted("console", records)
     assert not any(ANSI.search(line) for line in lines)  # StringIO is not a TTY
-    changes = [line for line in lines if "connection.state_changed" in line]
-    assert len(changes) == len(EXPECTED_EDGES)
-    assert "to_state=failed" in changes[8]
+    changes = [line for line in lines if "connection scenario moved from" in line]
+    assert [re.search(r"moved from (\w+) to (\w+)", line).groups() for line in changes] == [  # type: ignore[union-attr]
+        (a.value, b.value) for a, b in EXPECTED_EDGES
+    ]
     assert "[error" in changes[8]
+    assert "rejected is fatal error_message='HTTP status 403'" in changes[8]

@@ -19,10 +19,11 @@ import trio
 
 from ._checks import check_async_callable, check_sync_callable
 from ._config import ConnectionConfig
-from ._events import ConnectionEvents, redact_url
+from ._events import ConnectionEvents
 from ._exceptions import ConnectionClosed, NotConnected, leaves
 from ._heartbeat import Heartbeat, PingHeartbeat
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
+from ._redact import redact_url
 from ._request import StreamOpener, check_headers, check_subprotocols, open_tcp, parse_url
 from ._session import HeadersSource, SessionSpec
 from ._state import ConnectionState
@@ -240,6 +241,24 @@ class ManagedConnection:
             await supervisor.control.wait_changed()
         return True
 
+    def bind(self, **fields: object) -> None:
+        """Add ``fields`` to every later event of this connection.
+
+        For context known only once the connection is open (an account id
+        after login, a session number): fields bound with structlog's
+        ``bind_contextvars`` reach the events only when bound before
+        :func:`open_connection`, whose tasks copy the context as they start.
+        String values are scrubbed of secrets like the event's own text; the
+        library's own fields (``conn_id``, ``reason``...) win a clash. Calling
+        it again adds to (or replaces) what was bound.
+
+        :raises TypeError: a field name that is not an identifier.
+        """
+        for key in fields:
+            if not key.isidentifier():  # keyword arguments through **{...} can be anything
+                raise TypeError(f"field names must be identifiers, got {key[:40]!r}")
+        self._supervisor.events.bind(fields)
+
     def statistics(self) -> ConnectionStatistics:
         """An immutable snapshot of the connection's figures (see :class:`ConnectionStatistics`)."""
         return self._supervisor.statistics()
@@ -325,6 +344,8 @@ async def open_connection(
         if user_error is not None and _only(user_error, group):
             _reraise(user_error)
         raise
+    finally:
+        supervisor.events.forget_secrets()  # CLOSED: no event of this connection follows
 
 
 def _only(error: BaseException, group: BaseExceptionGroup[BaseException]) -> bool:

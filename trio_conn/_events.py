@@ -1,52 +1,52 @@
-"""Library log events: one structlog event per fact, built from the record that caused it.
+"""Library log events: one event per fact, built from the record that caused it.
 
 Every transition event is built from the :class:`~trio_conn.TransitionRecord`
 the lifecycle returned (the record ``on_transition`` receives too), so the
 reason, the duration and the failure in the log are the state machine's own.
 
-The module never configures structlog. Events go through
-``structlog.get_logger("trio_conn")``, a lazy proxy that is resolved when an
-event is emitted (and kept afterwards only if the configuration asks structlog
-to cache loggers), so whatever the application configured, even after the
-connection was created, applies, ``structlog.contextvars`` context included.
-``trio_conn.configure_logging`` is an optional convenience.
+Where events go (the library never configures logging):
 
-Exceptions are rendered as ``error_type`` and ``error_message`` only: no
-``exc_info``, so no traceback and no frame locals can reach a log line.
+- structlog configured (by the application, or by
+  ``trio_conn.configure_logging``): through its pipeline, as
+  ``structlog.get_logger("trio_conn")``, resolved when an event is emitted so
+  that configuration done later applies;
+- otherwise: as records of the standard library's logger ``trio_conn``, the
+  message a sentence a person reads and every field an attribute of the
+  record (``record.to_state``...): an application that set up only
+  ``logging`` gets them through its handlers (structlog's contextvars
+  included; a field named like a record attribute, ``name`` say, arrives as
+  ``trio_conn_name``), and one that set up nothing gets what Python gives
+  any quiet library (warnings and errors on stderr, nothing on stdout).
 
-``error_type`` is the class name qualified by its *public* package when the
-class is exported there (``trio_websocket.ConnectionClosed``,
-``trio_conn.HeartbeatTimeout``), by its defining module otherwise, and bare for
-builtins (``ConnectionResetError``).
+Secrets are scrubbed from every text field here (an application's own
+pipeline gets clean fields), and again from every value at the sink of the
+pipelines ``configure_logging`` builds (trio_conn/_secrets.py). Exceptions
+are rendered as ``error_type`` and ``error_message`` only: no ``exc_info``,
+so no traceback and no frame locals reach a log line.
+
+Context: fields bound with ``structlog.contextvars.bind_contextvars`` appear
+in events when bound before ``open_connection`` (its tasks copy the context
+when they start); to add fields later, use ``ManagedConnection.bind(...)``.
 """
 
 from __future__ import annotations
 
-import builtins
+import collections
 import functools
-import re
+import logging
 import sys
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Concatenate, ParamSpec, TextIO
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import structlog
 
 from ._records import RecoveryRecord, TransitionRecord
+from ._redact import error_message, error_type_name, header_secrets, redact_url, url_secrets
+from ._secrets import SECRETS
 from ._state import ConnectionState
 
-REDACTED = "REDACTED"
 P = ParamSpec("P")
-
-#: Registered secrets shorter than this are ignored: replacing 1-3 character
-#: strings would mangle ordinary text ("ws", "id", "443") and hide nothing.
-MIN_SECRET_LENGTH = 4
-#: Parts of a header value (``a=b; c=d``, ``Bearer <token>``) are registered on
-#: their own only from this length, so that cookie values and tokens that show
-#: up alone are caught while words such as "Bearer" or "dark" are not.
-MIN_SECRET_PART_LENGTH = 8
-#: Error messages are cut to this many characters (a server's body can be long).
-MAX_ERROR_MESSAGE = 1000
 
 STATE_CHANGED = "connection.state_changed"
 HEARTBEAT_MISSED = "connection.heartbeat_missed"
@@ -54,114 +54,70 @@ STATE_STUCK = "connection.state_stuck"
 RECOVERY = "connection.recovery"
 HOOK_FAILED = "connection.hook_failed"
 EVENT_NAMES = frozenset({STATE_CHANGED, HEARTBEAT_MISSED, STATE_STUCK, RECOVERY, HOOK_FAILED})
+#: Every field a library event can carry. The console shows the sentence
+#: instead (the JSON formats carry them all).
+LIBRARY_FIELDS = frozenset(
+    {
+        "conn_id", "url", "from_state", "to_state", "reason", "duration_s",
+        "consecutive_failures", "attempt", "error_kind", "error_type", "error_message",
+        "close_code", "status_code", "retry_in_s", "outcome", "misses", "max_misses",
+        "timeout", "state", "seconds", "limit", "hook", "detail",
+    }
+)  # fmt: skip
+#: How many attempts' header values a connection keeps registered as secrets
+#: (a ``headers()`` callable may mint a fresh token per attempt).
+ATTEMPTS_KEPT = 3
 
 _S = ConnectionState
-_PART_SEPARATORS = re.compile(r"[;,\s]+")
 # The fields that can carry text from outside (a reason given to disconnect(),
-# an exception's message, a hook's detail): scrubbed per event. conn_id and url
-# are scrubbed once, in add_secrets; error_type (a class name), outcome and hook
-# (the library's own words) and the states and kinds (enums) carry no secret.
+# an exception's message, a hook's detail); conn_id and url are scrubbed when
+# read; error_type (a class name), outcome and hook (the library's own words)
+# and the states and kinds (enums) carry no secret.
 _TEXT_FIELDS = ("reason", "error_message", "detail")
-#: How many scrubbed texts are remembered: reasons and messages repeat.
-_SCRUB_CACHE_SIZE = 256
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Attributes a LogRecord has of its own: a bound field by such a name travels
+# as ``trio_conn_<name>`` instead.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+STDLIB_LOGGER = logging.getLogger("trio_conn")
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` safe to log.
-
-    The userinfo becomes ``REDACTED`` (user and password alike), every query
-    value becomes ``REDACTED`` (keys are kept; a bare item without ``=`` counts
-    as a value), and the fragment is dropped. Scheme, host, port and path are
-    kept. Anything that does not parse as a URL with an authority
-    (``scheme://host...``) is returned as ``REDACTED`` as a whole.
-
-    Never raises.
-    """
-    try:
-        parts = urlsplit(url)
-        if not parts.netloc:
-            return REDACTED
-        userinfo, at, hostport = parts.netloc.rpartition("@")
-        if at:
-            userinfo = f"{REDACTED}:{REDACTED}" if ":" in userinfo else REDACTED
-            netloc = f"{userinfo}@{hostport}"
-        else:
-            netloc = hostport
-        query = "&".join(_redact_query_item(item) for item in parts.query.split("&"))
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except Exception:  # garbage in: reveal nothing rather than raise in a log call
-        return REDACTED
+def _seconds(value: Any) -> str:
+    """12.5 -> "12.5", 3.0 -> "3", 0.0004 -> "0": millisecond precision for a sentence."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
 
 
-def _redact_query_item(item: str) -> str:
-    key, eq, value = item.partition("=")
-    if not eq:
-        return REDACTED if key else ""
-    return f"{key}={REDACTED}" if value else f"{key}="
-
-
-def url_secrets(url: str) -> list[str]:
-    """The userinfo and query values of ``url``, raw and percent-decoded. Never raises."""
-    try:
-        parts = urlsplit(url)
-        found: list[str] = []
-        userinfo, at, _ = parts.netloc.rpartition("@")
-        if at:
-            found += userinfo.split(":", 1)
-        for item in parts.query.split("&"):
-            key, eq, value = item.partition("=")
-            found.append(value if eq else key)
-        found += [value for _, value in parse_qsl(parts.query, keep_blank_values=True)]
-        found += [unquote(value) for value in found]
-        return found
-    except Exception:
-        return []
-
-
-# Exception classes are few and long-lived; a plain dict is the cheapest cache.
-_TYPE_NAMES: dict[type[BaseException], str] = {}
-
-
-def error_type_name(cls: type[BaseException]) -> str:
-    """``error_type`` of an exception class (see the module docstring); cached per class."""
-    cached = _TYPE_NAMES.get(cls)
-    if cached is not None:
-        return cached
-    module, name = cls.__module__, cls.__qualname__
-    if not (isinstance(module, str) and isinstance(name, str)):  # a class built oddly
-        result = str(getattr(cls, "__name__", "UnknownError"))
-    elif module == "builtins" and getattr(builtins, name, None) is cls:
-        result = name
-    elif getattr(sys.modules.get(module.partition(".")[0]), name, None) is cls:
-        result = f"{module.partition('.')[0]}.{name}"
-    else:
-        result = f"{module}.{name}"
-    _TYPE_NAMES[cls] = result
-    return result
-
-
-def error_message(error: BaseException) -> str:
-    """``error_message`` of an exception: ``str(error)``, cut to :data:`MAX_ERROR_MESSAGE`.
-
-    An exception that carries HTTP ``headers`` (trio-websocket's
-    ``ConnectionRejected``, whose ``str`` is the response's status, headers and
-    body) is rendered as its status only: response headers can set cookies.
-    An exception with no message of its own is described by its ``__cause__``.
-    Never raises.
-    """
-    try:
-        if getattr(error, "headers", None) is not None and hasattr(error, "status_code"):
-            text = f"HTTP status {error.status_code}"
-        else:
-            text = str(error)
-        cause = error.__cause__
-        if not text and cause is not None:  # e.g. BrokenResourceError from an SSLError
-            text = f"{type(cause).__name__}: {cause}"
-    except Exception:
-        text = f"<unprintable {type(error).__name__}>"
-    if len(text) > MAX_ERROR_MESSAGE:
-        text = text[: MAX_ERROR_MESSAGE - 1] + "…"
-    return text
+def sentence(name: str, ev: Mapping[str, Any]) -> str:
+    """One sentence a person reads for a library event (ECS ``message``, stdlib records)."""
+    conn = f"connection {ev.get('conn_id', '?')}"
+    error = f"{ev['error_type']}: {ev.get('error_message', '')}" if "error_type" in ev else None
+    if name == STATE_CHANGED:
+        text = (
+            f"{conn} moved from {ev.get('from_state')} to {ev.get('to_state')} after "
+            f"{_seconds(ev.get('duration_s'))} s: {ev.get('reason')}"
+        )
+        if "retry_in_s" in ev:
+            text += f"; next attempt in {_seconds(ev['retry_in_s'])} s"
+        return text
+    if name == HEARTBEAT_MISSED:
+        return (
+            f"{conn} missed heartbeat {ev.get('misses')} of {ev.get('max_misses')} "
+            f"(no reply within {_seconds(ev.get('timeout'))} s)"
+        )
+    if name == STATE_STUCK:
+        return (
+            f"{conn} has been {ev.get('state')} for {_seconds(ev.get('seconds'))} s "
+            f"(limit {_seconds(ev.get('limit'))} s)"
+        )
+    if name == RECOVERY:
+        verb = "succeeded" if ev.get("outcome") == "success" else "failed"
+        text = f"{conn} recovery hook {verb} after {_seconds(ev.get('duration_s'))} s"
+        for extra in (ev.get("detail"), error):
+            if extra:
+                text += f": {extra}"
+        return text
+    return f"{conn}: {ev.get('hook')} hook raised {error}; ignored"
 
 
 def _never_raises(
@@ -182,124 +138,122 @@ def _never_raises(
     return guarded
 
 
+def _forget(held: list[list[str]]) -> None:
+    for forms in held:
+        SECRETS.remove(forms)
+    held.clear()
+
+
 class ConnectionEvents:
     """Emits the events of one connection, each with its ``conn_id`` and redacted ``url``.
 
     :param conn_id: the connection's name, in every event.
-    :param url: the URL it connects to; logged through :func:`redact_url`, and
-        its userinfo and query values are registered as secrets.
-    :param logger: a structlog logger to use instead of
-        ``structlog.get_logger("trio_conn")``. The default is a lazy proxy resolved
-        when an event is emitted, so configuration done after construction
-        applies. No logger is bound here (binding would freeze a lazy proxy):
-        ``conn_id`` and ``url`` are passed with every event.
+    :param url: the URL it connects to; logged through ``redact_url``, and its
+        userinfo and query values are registered as secrets.
+    :param logger: a structlog logger to use instead of the routing described
+        in the module docstring (for tests).
 
-    Secret scrubbing: every value given to :meth:`add_secrets` (and those of the
-    URL) that is at least :data:`MIN_SECRET_LENGTH` characters long is replaced
-    by ``REDACTED`` wherever it appears inside a string field of a later event
-    (reason, error type and message, detail, hook, outcome, conn_id, url), also
-    in its percent-encoded forms. Shorter values are ignored so that ordinary
-    text is not mangled. States and error kinds (the library's enums) are fixed
-    vocabulary and left as they are; context the application binds itself
-    (contextvars) is not scrubbed.
+    Secrets: the URL's, and every value given to :meth:`add_secrets`, are
+    registered in the process's secret set (trio_conn/_secrets.py) until
+    :meth:`forget_secrets` (when the connection is closed) or until this
+    object is collected: the last :data:`ATTEMPTS_KEPT` attempts' header
+    values, and every fixed one.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_attempts",
+        "_bound",
+        "_held",
+        "_logger",
+        "_logging_error_reported",
+        "_raw_conn_id",
+        "_resolved",
+        "_url",
+    )
 
     def __init__(self, conn_id: str, url: str, *, logger: Any | None = None) -> None:
         self._raw_conn_id = conn_id
-        self._raw_url = url
-        self._logger: Any = logger  # None: structlog.get_logger("trio_conn"), per use
+        self._logger: Any = logger
         self._resolved: Any = None  # the proxy's logger, kept when structlog caches
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-        self._probes: tuple[str, ...] = ()
-        self._scrubbed: dict[str, str] = {}
         self._logging_error_reported = False
-        self._conn_id = conn_id
+        self._bound: dict[str, Any] = {}
+        fixed = SECRETS.add(url_secrets(url))
+        self._held: list[list[str]] = [fixed]  # every registration, for the finalizer
+        self._attempts: collections.deque[list[str]] = collections.deque()
+        weakref.finalize(self, _forget, self._held)
         self._url = redact_url(url)
-        self.add_secrets(url_secrets(url))
 
     @property
     def conn_id(self) -> str:
-        """The connection id as it appears in events."""
-        return self._conn_id
+        """The connection id as it appears in events (scrubbed)."""
+        return SECRETS.scrub(self._raw_conn_id)
 
     @property
     def url(self) -> str:
-        """The URL as it appears in events."""
-        return self._url
+        """The URL as it appears in events (redacted and scrubbed)."""
+        return SECRETS.scrub(self._url)
 
-    def add_secrets(self, values: Iterable[str]) -> None:
-        """Hide ``values`` (header values, tokens) from every later event.
+    def add_secrets(self, values: Iterable[str], *, attempt: bool = False) -> None:
+        """Hide header ``values`` from every later event (see ``header_secrets``).
 
-        Values shorter than :data:`MIN_SECRET_LENGTH` and non-strings are
-        ignored. A header value is also split on ``;``, ``,`` and whitespace,
-        and each part (or the value of a ``name=value`` part) of at least
-        :data:`MIN_SECRET_PART_LENGTH` characters is registered on its own.
+        :param attempt: these are one attempt's values: only the last
+            :data:`ATTEMPTS_KEPT` attempts' stay registered. Otherwise they stay
+            as long as the connection.
         """
-        added = False
-        for value in values:
-            if not isinstance(value, str):
-                continue
-            candidates = [value.strip()]
-            for part in _PART_SEPARATORS.split(value):
-                piece = part.partition("=")[2] or part
-                if len(piece) >= MIN_SECRET_PART_LENGTH:
-                    candidates.append(piece)
-            for candidate in candidates:
-                for form in (candidate, quote(candidate, safe=""), quote_plus(candidate)):
-                    if len(form) >= MIN_SECRET_LENGTH and form not in self._secrets:
-                        self._secrets.add(form)
-                        added = True
-        if not added:
-            return
-        # Longest first, so that a secret containing another is replaced whole.
-        ordered = sorted(self._secrets, key=len, reverse=True)
-        self._pattern = pattern = re.compile("|".join(map(re.escape, ordered)))
-        # To detect a hit it is enough to look for the secrets that contain no
-        # other secret: any occurrence of a longer one contains one of those.
-        self._probes = tuple(
-            secret
-            for secret in ordered
-            if not any(other != secret and other in secret for other in self._secrets)
+        registered = SECRETS.add(
+            part for value in values if isinstance(value, str) for part in header_secrets(value)
         )
-        self._scrubbed = {}  # texts scrubbed with the previous secrets
-        # The fixed fields are scrubbed once here, not on every event.
-        self._conn_id = pattern.sub(REDACTED, self._raw_conn_id)
-        self._url = pattern.sub(REDACTED, redact_url(self._raw_url))
+        if not registered:
+            return
+        self._held.append(registered)
+        if attempt:
+            self._attempts.append(registered)
+            while len(self._attempts) > ATTEMPTS_KEPT:
+                oldest = self._attempts.popleft()
+                SECRETS.remove(oldest)
+                self._held.remove(oldest)
+
+    def forget_secrets(self) -> None:
+        """Unregister every secret of this connection (it is CLOSED: no event follows)."""
+        self._attempts.clear()
+        _forget(self._held)
+
+    def bind(self, fields: dict[str, Any]) -> None:
+        """Add ``fields`` to every later event (the library's own fields win a clash)."""
+        self._bound.update(fields)
 
     def _logging_failed(self, error: Exception) -> None:
         if self._logging_error_reported:
             return
         self._logging_error_reported = True
         try:
-            message = error_message(error)
-            if self._pattern is not None:
-                message = self._scrub(message)
             stream: TextIO | None = sys.stderr
             if stream is not None:
                 stream.write(
-                    f"trio_conn: logging an event of connection {self._conn_id} failed "
-                    f"({error_type_name(type(error))}: {message}); the connection goes on, "
-                    "and later logging errors of this connection are not reported\n"
+                    f"trio_conn: logging an event of connection {self.conn_id} failed "
+                    f"({error_type_name(type(error))}: {error_message(error)}); the "
+                    "connection goes on, and later logging errors of this connection "
+                    "are not reported\n"
                 )
                 stream.flush()
         except Exception:  # stderr itself is broken: nowhere left to say it
             pass
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        if self._pattern is not None:
-            scrubbed = self._scrubbed
-            for key in _TEXT_FIELDS:
-                value = fields.get(key)
-                if value is not None:
-                    clean = scrubbed.get(value)
-                    if clean is None:
-                        clean = self._scrub(value)
-                        if len(scrubbed) < _SCRUB_CACHE_SIZE:
-                            scrubbed[value] = clean
-                    fields[key] = clean
+        scrub = SECRETS.scrub
+        for key in _TEXT_FIELDS:
+            value = fields.get(key)
+            if value is not None:
+                fields[key] = scrub(value)
+        for key, value in self._bound.items():
+            if key not in fields:
+                fields[key] = scrub(value) if isinstance(value, str) else value
         logger = self._resolved
         if logger is None:
+            if self._logger is None and not structlog.is_configured():
+                self._to_stdlib(level, event, fields)
+                return
             logger = self._logger if self._logger is not None else structlog.get_logger("trio_conn")
             # Resolve the lazy proxy once, as structlog would, when the
             # application asked structlog to cache loggers (configure_logging
@@ -308,14 +262,18 @@ class ConnectionEvents:
                 logger = self._resolved = logger.bind()
         getattr(logger, level)(event, **fields)
 
-    def _scrub(self, text: str) -> str:
-        assert self._pattern is not None
-        # Plain substring tests first (several times faster than a regex search
-        # in the usual case: no secret in the text); substitute on a hit.
-        for secret in self._probes:
-            if secret in text:
-                return self._pattern.sub(REDACTED, text)
-        return text
+    def _to_stdlib(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        number = _LEVELS[level]
+        if not STDLIB_LOGGER.isEnabledFor(number):
+            return
+        extra = {
+            (f"trio_conn_{key}" if key in _RECORD_ATTRIBUTES else key): value
+            for key, value in fields.items()
+        }
+        for key, value in structlog.contextvars.get_contextvars().items():
+            extra.setdefault(f"trio_conn_{key}" if key in _RECORD_ATTRIBUTES else key, value)
+        extra["event"] = event
+        STDLIB_LOGGER.log(number, "%s", sentence(event, fields), extra=extra)
 
     def _add_error(self, fields: dict[str, Any], error: BaseException | None) -> None:
         if error is not None:
@@ -336,12 +294,12 @@ class ConnectionEvents:
         # The StrEnum members themselves: every renderer writes them as their
         # value, and ``.value`` (an enum descriptor) costs more than the rest.
         fields: dict[str, Any] = {
-            "conn_id": self._conn_id,
-            "url": self._url,
+            "conn_id": self.conn_id,
+            "url": self.url,
             "from_state": record.from_state,
             "to_state": to_state,
             "reason": record.reason,
-            "duration_s": round(record.duration, 6),
+            "duration_s": round(float(record.duration), 6),
             "consecutive_failures": record.consecutive_failures,
             "attempt": record.attempt,
         }
@@ -355,7 +313,7 @@ class ConnectionEvents:
             if record.status_code is not None:
                 fields["status_code"] = record.status_code
             if record.retry_in is not None:
-                fields["retry_in_s"] = round(record.retry_in, 6)
+                fields["retry_in_s"] = round(float(record.retry_in), 6)
             fields["outcome"] = "failure"
             level = "error" if to_state is _S.FAILED else "warning"
         elif to_state is _S.CONNECTED:
@@ -368,11 +326,11 @@ class ConnectionEvents:
     def heartbeat_missed(self, *, misses: int, max_misses: int, timeout: float) -> None:
         """Emit ``connection.heartbeat_missed`` (warning): ``misses`` of ``max_misses``."""
         fields = {
-            "conn_id": self._conn_id,
-            "url": self._url,
-            "misses": misses,
-            "max_misses": max_misses,
-            "timeout": timeout,
+            "conn_id": self.conn_id,
+            "url": self.url,
+            "misses": int(misses),
+            "max_misses": int(max_misses),
+            "timeout": round(float(timeout), 6),
         }
         self._emit("warning", HEARTBEAT_MISSED, fields)
 
@@ -380,11 +338,11 @@ class ConnectionEvents:
     def state_stuck(self, *, state: ConnectionState, seconds: float, limit: float) -> None:
         """Emit ``connection.state_stuck`` (warning): in ``state`` for ``seconds`` > ``limit``."""
         fields = {
-            "conn_id": self._conn_id,
-            "url": self._url,
+            "conn_id": self.conn_id,
+            "url": self.url,
             "state": ConnectionState(state),
-            "seconds": seconds,
-            "limit": limit,
+            "seconds": round(float(seconds), 6),
+            "limit": round(float(limit), 6),
         }
         self._emit("warning", STATE_STUCK, fields)
 
@@ -397,10 +355,10 @@ class ConnectionEvents:
         failed when there is no exception (e.g. the hook returned a non-bool).
         """
         fields: dict[str, Any] = {
-            "conn_id": self._conn_id,
-            "url": self._url,
+            "conn_id": self.conn_id,
+            "url": self.url,
             "outcome": "success" if record.refreshed else "failure",
-            "duration_s": round(record.duration, 6),
+            "duration_s": round(float(record.duration), 6),
             "consecutive_failures": record.consecutive_failures,
         }
         self._add_error(fields, record.error)
@@ -411,6 +369,6 @@ class ConnectionEvents:
     @_never_raises
     def hook_failed(self, *, hook: str, error: BaseException) -> None:
         """Emit ``connection.hook_failed`` (error): a user hook raised; it was ignored."""
-        fields: dict[str, Any] = {"conn_id": self._conn_id, "url": self._url, "hook": hook}
+        fields: dict[str, Any] = {"conn_id": self.conn_id, "url": self.url, "hook": hook}
         self._add_error(fields, error)
         self._emit("error", HOOK_FAILED, fields)

@@ -217,7 +217,8 @@ async def _attempt_headers(source: HeadersSource, events: ConnectionEvents) -> H
     if source is None:
         return []
     headers = check_headers(await source(), "headers()") if callable(source) else source
-    events.add_secrets(value for _, value in headers)
+    if callable(source):  # a fresh value per attempt: only the last few stay registered
+        events.add_secrets((value for _, value in headers), attempt=True)
     return headers
 
 

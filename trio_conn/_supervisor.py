@@ -113,6 +113,10 @@ class Supervisor:
         return self._events.url
 
     @property
+    def events(self) -> ConnectionEvents:
+        return self._events
+
+    @property
     def closing(self) -> bool:
         """CLOSED, or a close is pending."""
         return self._life.closing

@@ -20,9 +20,9 @@ import trio
 
 from ._config import ConnectionConfig
 from ._connection import open_connection
-from ._events import redact_url
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
+from ._redact import redact_url
 from ._report import build_report, render_text
 from ._request import parse_url
 from ._transport import Data, Session

@@ -1,0 +1,184 @@
+"""What a log line may say of a URL, a header value and an exception.
+
+- :func:`redact_url`: the URL as events show it (no userinfo, no query values).
+- :func:`url_secrets`, :func:`header_secrets`: what to register as secrets.
+- :func:`error_type_name`, :func:`error_message`: an exception as
+  ``error_type`` and ``error_message`` (scrubbed before it is cut).
+
+Nothing here raises on strange input: a log call must never fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import re
+import sys
+from urllib.parse import parse_qsl, unquote
+
+from ._secrets import MIN_FRAGMENT, REDACTED, SECRETS
+
+#: Error messages are cut to this many characters (a server's body can be long),
+#: after secrets are scrubbed, so no part of one is left at the cut.
+MAX_ERROR_MESSAGE = 1000
+_SEPARATORS = re.compile(r"[;,\s]+")
+
+
+def _split_url(url: str) -> tuple[str, str, str, str, str] | None:
+    """``(scheme, userinfo, host_and_path, query, at)`` of ``scheme://...``, or None.
+
+    The authority is taken to end at the *last* ``@`` before the query: a
+    password with an unencoded ``/`` or ``?`` (invalid, but typed) is then
+    still userinfo, never mistaken for a path and shown.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        return None
+    rest = rest.partition("#")[0]
+    before_query, _, query = rest.partition("?")
+    userinfo, at, host_and_path = before_query.rpartition("@")
+    if at and "?" in userinfo:  # the "@" sat in the query: no userinfo after all
+        return None
+    if not host_and_path.partition("/")[0]:
+        return None
+    return scheme, userinfo, host_and_path, query, at
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` safe to log.
+
+    The userinfo becomes ``REDACTED`` (user and password alike, and everything
+    up to the last ``@`` before the query), every query value becomes
+    ``REDACTED`` (keys are kept; a bare item without ``=`` counts as a value),
+    the fragment is dropped; scheme, host, port and path are kept. Anything
+    that is not ``scheme://host...`` is ``REDACTED`` as a whole. Never raises.
+    """
+    try:
+        parts = _split_url(url)
+        if parts is None:
+            return REDACTED
+        scheme, userinfo, host_and_path, query, at = parts
+        text = f"{scheme}://"
+        if at:
+            text += f"{REDACTED}:{REDACTED}@" if ":" in userinfo else f"{REDACTED}@"
+        text += host_and_path
+        if query:
+            text += "?" + "&".join(_redact_query_item(item) for item in query.split("&"))
+        return text
+    except Exception:  # garbage in: reveal nothing rather than raise in a log call
+        return REDACTED
+
+
+def _redact_query_item(item: str) -> str:
+    key, eq, value = item.partition("=")
+    if not eq:
+        return REDACTED if key else ""
+    return f"{key}={REDACTED}" if value else f"{key}="
+
+
+def url_secrets(url: str) -> list[str]:
+    """The userinfo (user and password) and query values of ``url``, raw and
+    percent-decoded. Never raises."""
+    try:
+        parts = _split_url(url)
+        if parts is None:
+            return []
+        _, userinfo, _, query, at = parts
+        found: list[str] = []
+        if at:
+            found += [userinfo, *userinfo.split(":", 1)]
+        for item in query.split("&"):
+            key, eq, value = item.partition("=")
+            found.append(value if eq else key)
+        found += [value for _, value in parse_qsl(query, keep_blank_values=True)]
+        found += [unquote(value) for value in found]
+        return found
+    except Exception:
+        return []
+
+
+def header_secrets(value: str) -> list[str]:
+    """What to register of a request header's value.
+
+    The value itself when it has no separator (``;``, ``,``, whitespace);
+    otherwise each part; and of a ``name=value`` its value (a cookie's), so
+    that a token is found wherever it appears, alone or in the
+    whole, while a cookie's name, and a part that is a short word of letters
+    only (an auth scheme such as "Bearer", a cookie value such as "dark"),
+    stay readable. Basic credentials (RFC 7617) are registered decoded too:
+    ``user:password``, the user and the password.
+    """
+    value = value.strip()
+    parts = [part for part in _SEPARATORS.split(value) if part]
+    if len(parts) <= 1:
+        return [_value_of(value)]
+    found = []
+    for part in parts:
+        secret = _value_of(part)
+        if len(secret) >= MIN_FRAGMENT or not secret.isalpha():
+            found.append(secret)
+    if len(parts) == 2 and parts[0].lower() == "basic":
+        try:
+            decoded = base64.b64decode(parts[1], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            pass
+        else:
+            found += [decoded, *decoded.split(":", 1)]
+    return found
+
+
+def _value_of(part: str) -> str:
+    """``"sid=abc"`` -> ``"abc"``; a base64 token's ``=`` padding is not a separator."""
+    name, eq, rest = part.partition("=")
+    return rest if eq and name and rest.strip("=") else part
+
+
+# Exception classes are few and long-lived; a plain dict is the cheapest cache.
+_TYPE_NAMES: dict[type[BaseException], str] = {}
+
+
+def error_type_name(cls: type[BaseException]) -> str:
+    """``error_type`` of an exception class; cached per class. Never raises.
+
+    The class name qualified by its *public* package when the class is
+    exported there (``trio_conn.ConnectionClosed``), by its defining module
+    otherwise, and bare for builtins (``ConnectionResetError``).
+    """
+    cached = _TYPE_NAMES.get(cls)
+    if cached is not None:
+        return cached
+    module, name = getattr(cls, "__module__", None), getattr(cls, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(name, str)):  # a class built oddly
+        result = str(getattr(cls, "__name__", "UnknownError"))
+    elif module == "builtins" and getattr(builtins, name, None) is cls:
+        result = name
+    elif getattr(sys.modules.get(module.partition(".")[0]), name, None) is cls:
+        result = f"{module.partition('.')[0]}.{name}"
+    else:
+        result = f"{module}.{name}"
+    _TYPE_NAMES[cls] = result
+    return result
+
+
+def error_message(error: BaseException) -> str:
+    """``error_message`` of an exception: ``str(error)``, scrubbed, then cut to
+    :data:`MAX_ERROR_MESSAGE` characters.
+
+    An exception that carries HTTP ``headers`` (a rejected handshake, whose
+    response may set cookies) is rendered as its status only. An exception
+    with no message of its own is described by its ``__cause__``. Never raises.
+    """
+    try:
+        if getattr(error, "headers", None) is not None and hasattr(error, "status_code"):
+            text = f"HTTP status {error.status_code}"
+        else:
+            text = str(error)
+        cause = error.__cause__
+        if not text and cause is not None:  # e.g. BrokenResourceError from an SSLError
+            text = f"{type(cause).__name__}: {cause}"
+    except Exception:
+        text = f"<unprintable {type(error).__name__}>"
+    text = SECRETS.scrub(text)
+    if len(text) > MAX_ERROR_MESSAGE:
+        text = text[: MAX_ERROR_MESSAGE - 1] + "…"
+    return text

@@ -1,0 +1,191 @@
+"""Secrets, and finding them in any text, in any encoding, by any 8-character fragment.
+
+Rules of the house:
+
+- A registered secret is found in the forms an error message or a log line
+  may carry it: raw, percent-encoded (upper- and lower-case hex, with and
+  without ``/`` kept, ``+`` for spaces), JSON- and backslash-escaped, and
+  base64 (standard and URL-safe, with and without padding) of its UTF-8
+  bytes. It is found by any fragment of :data:`MIN_FRAGMENT` characters or
+  more of any of those forms, so a secret cut by a truncation, or echoed in
+  part, is found too.
+- Shorter secrets (:data:`MIN_SECRET` to ``MIN_FRAGMENT - 1`` characters)
+  are found only whole (not inside a longer word or number), and only in the
+  text fields of an event (a reason, an error message), not in the whole
+  line: "2026" or "1000" as a query value would otherwise vanish from every
+  timestamp, and "fresh" from "refreshed". Shorter still are ignored.
+- Registering a secret costs O(its length); scrubbing a text costs
+  O(its length): only runs of characters that occur in some secret are
+  looked at, 8 characters at a time, in a hash set.
+- Whatever is found is replaced by ``REDACTED``; overlapping and adjacent
+  finds become one.
+
+Nothing here imports Trio or structlog.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
+
+REDACTED = "REDACTED"
+#: Fragments of secrets this long or longer are found anywhere.
+MIN_FRAGMENT = 8
+#: Secrets shorter than this are ignored.
+MIN_SECRET = 4
+_HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
+def forms(secret: str) -> set[str]:
+    """The encodings of ``secret`` a text may carry it in (see the module's rules)."""
+    found = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),  # "/" kept
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        secret.encode("unicode_escape").decode("ascii"),
+    }
+    found |= {_HEX_ESCAPE.sub(lambda m: m.group().lower(), form) for form in list(found)}
+    raw = secret.encode("utf-8")
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode("ascii")
+        found |= {text, text.rstrip("=")}
+    return {form for form in found if len(form) >= MIN_SECRET}
+
+
+class SecretSet:
+    """Secrets registered by any number of owners, found in any text.
+
+    Thread-safe: logging may run in other threads than the connection's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._grams: Counter[str] = Counter()  # 8-character fragments of long forms
+        self._short: Counter[str] = Counter()  # whole short forms
+        self._alphabet: set[str] = set()
+        self._runs: re.Pattern[str] | None = None  # runs of alphabet characters
+        self._cache: dict[str, str] = {}  # texts scrubbed since the last change
+
+    def __bool__(self) -> bool:
+        return bool(self._grams or self._short)
+
+    def add(self, secrets: Iterable[str]) -> list[str]:
+        """Register ``secrets``; return their forms, to give back to :meth:`remove`.
+
+        Non-strings and secrets shorter than :data:`MIN_SECRET` are ignored.
+        """
+        added: list[str] = []
+        for secret in secrets:
+            if isinstance(secret, str) and len(secret) >= MIN_SECRET:
+                added += forms(secret)
+        if not added:
+            return added
+        with self._lock:
+            for form in added:
+                if len(form) >= MIN_FRAGMENT:
+                    self._grams.update(_grams(form))
+                else:
+                    self._short[form] += 1
+                new = set(form) - self._alphabet
+                if new:
+                    self._alphabet |= new
+                    self._runs = None
+            self._cache = {}
+        return added
+
+    def remove(self, added: Iterable[str]) -> None:
+        """Forget what :meth:`add` returned (shared fragments stay while still registered)."""
+        with self._lock:
+            for form in added:
+                if len(form) >= MIN_FRAGMENT:
+                    grams = _grams(form)
+                    self._grams.subtract(grams)
+                    for gram in grams:
+                        if self._grams.get(gram, 0) <= 0:
+                            self._grams.pop(gram, None)
+                else:
+                    self._short[form] -= 1
+                    if self._short[form] <= 0:
+                        del self._short[form]
+            self._cache = {}
+
+    def scrub(self, text: str, *, short: bool = True) -> str:
+        """``text`` with every registered secret, in any form or fragment, replaced.
+
+        :param short: also replace whole short secrets (for an event's text
+            fields; a sink scrubbing a whole line passes False).
+        """
+        if not (self._grams or (short and self._short)) or len(text) < MIN_SECRET:
+            return text
+        cache = self._cache
+        key = text if short else "\x00" + text
+        clean = cache.get(key)
+        if clean is not None:
+            return clean
+        with self._lock:
+            clean = self._scrub(text, short)
+        if len(cache) < 512 and len(text) < 4096:
+            cache[key] = clean
+        return clean
+
+    def _scrub(self, text: str, with_short: bool) -> str:
+        runs = self._runs
+        if runs is None:
+            alphabet = "".join(sorted(self._alphabet))
+            runs = self._runs = re.compile(f"[{re.escape(alphabet)}]{{{MIN_SECRET},}}")
+        grams, short = self._grams, self._short if with_short else None
+        spans: list[tuple[int, int]] = []
+        width = MIN_FRAGMENT
+        for run in runs.finditer(text):
+            start, end = run.span()
+            if short:
+                chunk = text[start:end]
+                for form in short:
+                    found = chunk.find(form)
+                    while found != -1:
+                        begin, finish = start + found, start + found + len(form)
+                        if _whole(text, begin, finish):
+                            spans.append((begin, finish))
+                        found = chunk.find(form, found + 1)
+            if grams and end - start >= width:
+                for i in range(start, end - width + 1):
+                    if text[i : i + width] in grams:
+                        spans.append((i, i + width))
+        if not spans:
+            return text
+        spans.sort()
+        pieces: list[str] = []
+        cursor = 0
+        span_start, span_end = spans[0]
+        for begin, finish in spans[1:]:
+            if begin <= span_end:
+                span_end = max(span_end, finish)
+                continue
+            pieces += (text[cursor:span_start], REDACTED)
+            cursor = span_end
+            span_start, span_end = begin, finish
+        pieces += (text[cursor:span_start], REDACTED, text[span_end:])
+        return "".join(pieces)
+
+
+def _whole(text: str, begin: int, end: int) -> bool:
+    """Whether ``text[begin:end]`` is not part of a longer word or number."""
+    return not (begin > 0 and text[begin - 1].isalnum()) and not (
+        end < len(text) and text[end].isalnum()
+    )
+
+
+def _grams(form: str) -> list[str]:
+    return [form[i : i + MIN_FRAGMENT] for i in range(len(form) - MIN_FRAGMENT + 1)]
+
+
+#: The process's secrets: every connection registers its own; every sink scrubs them all.
+SECRETS = SecretSet()
