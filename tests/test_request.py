@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from trio_conn import open_connection
 from trio_conn._request import check_headers, check_subprotocols, parse_url
 
 
@@ -42,11 +43,25 @@ def test_host_header() -> None:
         ("ws:///path", "must name a host"),
         ("ws://exa mple.com/", "must not contain whitespace"),
         ("ws://host:99999/", "invalid port"),
+        ("ws://host/\x00", "control characters"),
+        ("ws://bob:pa/ss-w0rd@127.0.0.1:9/feed", "percent-encode '/' in the userinfo"),
+        ("wss://example.com/users/@me", "'@' in the path as %40"),
     ],
 )
 def test_bad_urls(url: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_url(url, url)
+
+
+async def test_a_password_with_an_unencoded_slash_never_reaches_the_message() -> None:
+    url = "ws://bob:pa/ss-w0rd-1@127.0.0.1:9/feed"
+    with pytest.raises(ValueError) as info:
+        async with open_connection(url):
+            pass  # pragma: no cover - refused at construction
+    message = str(info.value)
+    assert "ss-w0rd-1" not in message
+    assert "pa/ss" not in message
+    assert "ws://REDACTED:REDACTED@127.0.0.1:9/feed" in message
 
 
 def test_url_must_be_a_string() -> None:

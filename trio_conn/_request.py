@@ -45,18 +45,27 @@ def parse_url(url: object, shown_as: str) -> Target:
     :param shown_as: how the URL appears in error messages (redacted).
     :raises TypeError: ``url`` is not a str.
     :raises ValueError: the URL is empty, not ws:// or wss://, has no host,
-        contains whitespace or has an invalid port; the message says which.
+        contains whitespace or a control character, has an ``@`` in its path
+        (ambiguous, see the code) or an invalid port; the message says which.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, got {type(url).__name__}")
     if not url:
         raise ValueError("url must not be empty")
-    if any(ch.isspace() for ch in url):
-        raise ValueError(f"url must not contain whitespace: {shown_as!r}")
+    if any(ch.isspace() or ch < " " or ch == "\x7f" for ch in url):
+        raise ValueError(f"url must not contain whitespace or control characters: {shown_as!r}")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):
         raise ValueError(f"url must start with ws:// or wss://, got {shown_as!r}")
+    if "@" in parts.path:
+        # Ambiguous: "ws://user:pa/ss@host/" is a password with an unencoded
+        # "/" to a person, a host "user" to RFC 3986. Refused, so that the
+        # host connected to is the host the logs show (trio_conn/_redact.py).
+        raise ValueError(
+            "url has '@' after its first '/' (a password or token with an unencoded '/'?): "
+            f"percent-encode '/' in the userinfo as %2F, or '@' in the path as %40: {shown_as!r}"
+        )
     host = parts.hostname
     if not host:
         raise ValueError(f"url must name a host: {shown_as!r}")

@@ -6,9 +6,11 @@ Rules of the house:
   may carry it: raw, percent-encoded (upper- and lower-case hex, with and
   without ``/`` kept, ``+`` for spaces), JSON- and backslash-escaped, and
   base64 (standard and URL-safe, with and without padding) of its UTF-8
-  bytes. It is found by any fragment of :data:`MIN_FRAGMENT` characters or
-  more of any of those forms, so a secret cut by a truncation, or echoed in
-  part, is found too.
+  bytes; and each of those once more JSON-escaped or ``repr()``-escaped (a
+  JSON line quoting an escaped form, the console's repr of a field). It is
+  found by any fragment of :data:`MIN_FRAGMENT` characters or more of any of
+  those forms, so a secret cut by a truncation, or echoed in part, is found
+  too.
 - Shorter secrets (:data:`MIN_SECRET` to ``MIN_FRAGMENT - 1`` characters)
   are found only whole (not inside a longer word or number), and only in the
   text fields of an event (a reason, an error message), not in the whole
@@ -57,6 +59,10 @@ def forms(secret: str) -> set[str]:
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode("ascii")
         found |= {text, text.rstrip("=")}
+    # Once more escaped: an escaped form inside a JSON string or a repr()
+    # (a message quoting JSON, the console's repr of a field).
+    found |= {json.dumps(form)[1:-1] for form in list(found)}
+    found |= {repr(form)[1:-1] for form in list(found)}
     return {form for form in found if len(form) >= MIN_SECRET}
 
 
@@ -76,6 +82,10 @@ class SecretSet:
 
     def __bool__(self) -> bool:
         return bool(self._grams or self._short)
+
+    def __len__(self) -> int:
+        """How many distinct fragments and short forms are registered (memory, not secrets)."""
+        return len(self._grams) + len(self._short)
 
     def add(self, secrets: Iterable[str]) -> list[str]:
         """Register ``secrets``; return their forms, to give back to :meth:`remove`.
