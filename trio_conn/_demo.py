@@ -47,8 +47,11 @@ DEMO_CONFIG = ConnectionConfig(
 class Story:
     """Narrates the demo in lines a newcomer understands."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, *, narrate_transitions: bool = True) -> None:
         self.out = out
+        self.narrate_transitions = narrate_transitions
+        isatty = getattr(out, "isatty", None)
+        self.coloured = bool(callable(isatty) and isatty())
         self.step = 0
         self.conn: ManagedConnection | None = None
         self.entered: Counter[ConnectionState] = Counter()
@@ -59,13 +62,17 @@ class Story:
 
     def chapter(self, text: str) -> None:
         self.step += 1
-        print(f"\n[{self.step}/{STEPS}] {text}", file=self.out, flush=True)
+        line = f"[{self.step}/{STEPS}] {text}"
+        if self.coloured:  # bold cyan: the story stands out among the event lines
+            line = f"\x1b[1;36m{line}\x1b[0m"
+        print(f"\n{line}", file=self.out, flush=True)
 
     def on_transition(self, record: TransitionRecord) -> None:
-        line = f"-> {record.to_state} (after {record.duration:.1f} s {record.from_state})"
-        if record.retry_in is not None:
-            line += f", next attempt in {record.retry_in:.1f} s"
-        self.say(f"{line}: {record.reason}")
+        if self.narrate_transitions:
+            line = f"-> {record.to_state} (after {record.duration:.1f} s {record.from_state})"
+            if record.retry_in is not None:
+                line += f", next attempt in {record.retry_in:.1f} s"
+            self.say(f"{line}: {record.reason}")
         self.entered[record.to_state] += 1
         self._changed.set()
         self._changed = trio.Event()
@@ -76,9 +83,13 @@ class Story:
             await self._changed.wait()
 
 
-async def run_demo(out: TextIO) -> ConnectionStatistics:
-    """Play the story; return the connection's final statistics."""
-    story = Story(out)
+async def run_demo(out: TextIO, narrate_transitions: bool = True) -> ConnectionStatistics:
+    """Play the story; return the connection's final statistics.
+
+    :param narrate_transitions: tell each transition in the story too (off
+        when the events are sentences on the same terminal).
+    """
+    story = Story(out, narrate_transitions=narrate_transitions)
     cookie = {"value": "session=expired"}
 
     async def headers() -> list[tuple[str, str]]:

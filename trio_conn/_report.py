@@ -21,12 +21,17 @@ Definitions (the README repeats them):
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._terminal import printable
+
 STATES = ("disconnected", "connecting", "connected", "reconnecting", "failed", "closed")
+#: A stay longer than this (about 31,700 years) is not a measurement: the line is malformed.
+MAX_DURATION = 1e12
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +134,13 @@ def parse_line(line: str) -> tuple[str, dict[str, Any]] | None:
     """``(event name, fields)`` of one line in json or ECS form; None if malformed.
 
     ECS lines keep the library's fields under ``trio_conn`` and the duration
-    in ``event.duration`` (nanoseconds); both forms come out the same.
+    in ``event.duration`` (nanoseconds); both forms come out the same. Never
+    raises: any JSON value at any key, nesting too deep to parse, or a number
+    too large for a float makes the line malformed or the field absent.
     """
     try:
-        obj = json.loads(line)
-    except ValueError:
+        obj = json.loads(line, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
@@ -141,12 +148,23 @@ def parse_line(line: str) -> tuple[str, dict[str, Any]] | None:
     if isinstance(event, str):  # plain json
         return event, obj
     if isinstance(event, dict) and isinstance(event.get("action"), str):  # ECS
-        fields = dict(obj.get("trio_conn") or {})
-        if "duration_s" not in fields and isinstance(event.get("duration"), int):
-            fields["duration_s"] = event["duration"] / 1e9
+        library = obj.get("trio_conn")
+        fields = dict(library) if isinstance(library, dict) else {}
+        duration = event.get("duration")
+        if (
+            "duration_s" not in fields
+            and isinstance(duration, int)
+            and not isinstance(duration, bool)
+        ):
+            fields["duration_s"] = duration / 1e9 if abs(duration) < 10**300 else None
         fields["timestamp"] = obj.get("@timestamp", "")
         return event["action"], fields
     return None
+
+
+def _no_constant(name: str) -> None:
+    """NaN and Infinity are not JSON (RFC 8259 section 6): the line is malformed."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def build_report(lines: Iterable[str], *, flap_threshold: float = 30.0) -> Report:
@@ -165,7 +183,10 @@ def build_report(lines: Iterable[str], *, flap_threshold: float = 30.0) -> Repor
             malformed += 1
             continue
         name, fields = parsed
-        conn_id = str(fields.get("conn_id", "?"))
+        conn_id = _text(fields.get("conn_id", "?"))
+        if conn_id is None:
+            malformed += 1
+            continue
         if name == "connection.state_stuck":
             for figures in (_figures(connections, conn_id), overall):
                 figures.stuck += 1
@@ -189,15 +210,36 @@ def _figures(connections: dict[str, ConnectionFigures], conn_id: str) -> Connect
     return connections[conn_id]
 
 
+def _text(value: object) -> str | None:
+    """A scalar as text (a conn_id written as a number still names a connection); else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return str(value) if math.isfinite(value) and abs(value) < 10**300 else None
+    return None
+
+
 def _state_change(conn_id: str, fields: dict[str, Any]) -> StateChange | None:
     from_state, to_state = fields.get("from_state"), fields.get("to_state")
     duration = fields.get("duration_s")
+    if not (isinstance(from_state, str) and isinstance(to_state, str)):
+        return None
     if from_state not in STATES or to_state not in STATES:
         return None
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+    if isinstance(duration, bool) or not isinstance(duration, int | float):
+        return None
+    try:
+        seconds = float(duration)
+    except OverflowError:  # an integer beyond any float
+        return None
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_DURATION):
         return None
     stamp = fields.get("timestamp", "")
-    return StateChange(conn_id, from_state, to_state, float(duration), str(stamp))
+    return StateChange(
+        conn_id, from_state, to_state, seconds, stamp if isinstance(stamp, str) else ""
+    )
 
 
 def _count(figures: ConnectionFigures, change: StateChange, flap_threshold: float) -> None:
@@ -233,7 +275,7 @@ def render_text(report: Report) -> str:
         groups += list(report.connections.values())
     for figures in groups:
         out.append("")
-        out.append(f"== {figures.conn_id}: {_fmt(figures.observed_s, ' s')} observed")
+        out.append(f"== {printable(figures.conn_id)}: {_fmt(figures.observed_s, ' s')} observed")
         out.append(f"{'state':<14}{'time':>10}{'share':>8}{'stays':>7}{'mean':>9}{'longest':>9}")
         for state in STATES:
             if state not in figures.time_by_state:

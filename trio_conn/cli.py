@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,10 +23,11 @@ import trio
 from ._config import ConnectionConfig
 from ._connection import open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
-from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
+from ._logging import FORMATS, LEVELS, LogFormat, configure_logging, scrub_line
 from ._redact import redact_url
 from ._report import build_report, render_text
-from ._request import parse_url
+from ._request import check_headers, check_subprotocols, parse_url
+from ._terminal import printable
 from ._transport import Data, Session
 
 EXIT_USAGE = 2
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except ValueError as exc:  # bad input found after parsing: a clear line, no traceback
-        print(f"trio-conn: error: {exc}", file=sys.stderr)
+        print(f"trio-conn: error: {scrub_line(printable(str(exc)))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         return EXIT_INTERRUPTED
@@ -106,6 +109,26 @@ def _parser() -> argparse.ArgumentParser:
             default=getattr(defaults, field),
             help=f"default {getattr(defaults, field)}",
         )
+    connect.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="subprotocol to offer (Sec-WebSocket-Protocol), repeatable, in order of preference",
+    )
+    connect.add_argument(
+        "--no-compression",
+        action="store_true",
+        help="do not offer permessage-deflate (RFC 7692)",
+    )
+    connect.add_argument(
+        "--max-message-size",
+        type=int,
+        default=defaults.max_message_size,
+        metavar="BYTES",
+        help=f"largest message accepted; a larger one closes with 1009 "
+        f"(default {defaults.max_message_size})",
+    )
     connect.add_argument("--name", help="connection id in every event")
     _logging_options(connect)
     connect.set_defaults(run=_run_connect)
@@ -137,9 +160,13 @@ def _logging_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=tuple(LEVELS), default="info")
 
 
-def _configure_events(args: argparse.Namespace, stream: TextIO) -> None:
+def _configure_events(args: argparse.Namespace, stream: TextIO) -> LogFormat:
     log_format: LogFormat = args.log_format or ("console" if stream.isatty() else "json")
-    configure_logging(log_format, level=args.log_level, stream=stream)
+    # The CLI owns its process: its configuration replaces any other.
+    configure_logging(
+        log_format, level=args.log_level, stream=stream, service_name="trio-conn", force=True
+    )
+    return log_format
 
 
 # -- demo --------------------------------------------------------------------------
@@ -148,8 +175,10 @@ def _configure_events(args: argparse.Namespace, stream: TextIO) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo  # imports the fault server: only for this command
 
-    _configure_events(args, sys.stderr)
-    trio.run(run_demo, sys.stdout)
+    log_format = _configure_events(args, sys.stderr)
+    # In the console format the events are sentences on the same terminal:
+    # the story does not tell the transitions a second time.
+    trio.run(run_demo, sys.stdout, log_format != "console")
     return 0
 
 
@@ -204,59 +233,83 @@ def _heartbeat(args: argparse.Namespace) -> Heartbeat | None:
 
 
 def format_message(message: Data) -> str:
-    """One line of stdout: text with newlines escaped, bytes as ``base64:...``."""
+    """One line of stdout: text scrubbed of secrets with every non-printable
+    character escaped (trio_conn/_terminal.py), bytes as ``base64:...``."""
     if isinstance(message, bytes):
         return "base64:" + base64.b64encode(message).decode("ascii")
-    return message.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    return printable(scrub_line(message))
 
 
 def _run_connect(args: argparse.Namespace) -> int:
-    parse_url(args.url, redact_url(args.url))  # a bad URL: a clear error before starting
-    headers = [parse_header(text) for text in args.header]
+    # Every input checked before anything starts: one clear line, exit 2.
+    parse_url(args.url, redact_url(args.url))
+    headers = check_headers([parse_header(text) for text in args.header], "-H")
+    subprotocols = check_subprotocols(args.subprotocol)
     config = ConnectionConfig(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         max_heartbeat_failures=args.max_heartbeat_failures,
         max_connection_failures=args.max_connection_failures,
         connect_timeout=args.connect_timeout,
+        max_message_size=args.max_message_size,
     )
     heartbeat = _heartbeat(args)
     _configure_events(args, sys.stderr)
-    trio.run(_connect, args.url, config, heartbeat, headers, list(args.send), args.name)
-    return 0
+    options = _ConnectOptions(
+        config=config,
+        heartbeat=heartbeat,
+        headers=headers,
+        to_send=list(args.send),
+        name=args.name,
+        subprotocols=subprotocols,
+        compression=None if args.no_compression else "deflate",
+    )
+    signum = trio.run(_connect, args.url, options)
+    return 0 if signum is None else 128 + signum  # the shell's convention: 130 for Ctrl-C
 
 
-async def _connect(
-    url: str,
-    config: ConnectionConfig,
-    heartbeat: Heartbeat | None,
-    headers: list[tuple[str, str]],
-    to_send: list[str],
-    name: str | None,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _ConnectOptions:
+    config: ConnectionConfig
+    heartbeat: Heartbeat | None
+    headers: list[tuple[str, str]]
+    to_send: list[str]
+    name: str | None
+    subprotocols: tuple[str, ...]
+    compression: str | None
+
+
+async def _connect(url: str, options: _ConnectOptions) -> int | None:
+    """Print every message until SIGINT or SIGTERM; return that signal's number."""
+    received: list[int] = []
+
     async def on_connect(session: Session) -> None:
-        for message in to_send:
+        for message in options.to_send:
             await session.send(message)
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
-                async for _ in signals:
+                async for signum in signals:
+                    received.append(signum)
                     nursery.cancel_scope.cancel()  # leaving the block closes: CLOSED
                     return
 
             nursery.start_soon(stop_on_signal)
             async with open_connection(
                 url,
-                config=config,
-                heartbeat=heartbeat,
-                headers=headers,
-                on_connect=on_connect if to_send else None,
-                name=name,
+                config=options.config,
+                heartbeat=options.heartbeat,
+                headers=options.headers,
+                on_connect=on_connect if options.to_send else None,
+                name=options.name,
+                subprotocols=options.subprotocols,
+                compression=options.compression,
             ) as conn:
                 async for message in conn:
                     print(format_message(message), flush=True)
+    return received[0] if received else None
 
 
 # -- report ------------------------------------------------------------------------
@@ -265,7 +318,13 @@ async def _connect(
 def _lines(paths: Sequence[str]) -> Iterator[str]:
     for path in paths:
         if path == "-":
-            yield from sys.stdin
+            buffer = getattr(sys.stdin, "buffer", None)
+            # Bytes that are not UTF-8 make a line malformed, never the command fail.
+            yield from (
+                sys.stdin
+                if buffer is None
+                else io.TextIOWrapper(buffer, encoding="utf-8", errors="replace")
+            )
             continue
         try:
             with open(path, encoding="utf-8", errors="replace") as file:
@@ -280,7 +339,7 @@ def _run_report(args: argparse.Namespace) -> int:
     report = build_report(_lines(args.files), flap_threshold=args.flap_threshold)
     if args.json:
         output: Any = report.as_dict()
-        print(json.dumps(output, indent=2))
+        print(json.dumps(output, indent=2, allow_nan=False))  # strict JSON (RFC 8259)
     else:
         sys.stdout.write(render_text(report))
     if report.malformed:
