@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 import trio
 
+from tests.ecs_schema import check_ecs_line
+from tests.test_field_types import JSON_TYPE_OF, template_types, types_by_field
 from trio_conn.cli import format_message, main, parse_header, reply_matcher
 from trio_conn.testing import open_fault_server
 
@@ -36,23 +39,47 @@ def test_console_script_is_installed() -> None:
         assert command in result.stdout
 
 
-def test_demo_plays_the_whole_story() -> None:
+def run_demos() -> dict[str, subprocess.CompletedProcess[str]]:
+    """The demo in each format, the three at once (each is ~18 s of real time, mostly asleep)."""
+    processes = {
+        fmt: subprocess.Popen(
+            trio_conn_command("demo", "--log-format", fmt),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for fmt in ("json", "ecs", "console")
+    }
+    results = {}
+    for fmt, process in processes.items():
+        try:
+            out, err = process.communicate(timeout=45)
+        finally:
+            process.kill()
+        results[fmt] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return results
+
+
+@pytest.mark.timeout(90)
+def test_demo_plays_the_whole_story_in_every_format() -> None:
     """Real clock: the demo is a real-time story (about 20 s; DESIGN allows 30)."""
-    result = subprocess.run(
-        trio_conn_command("demo", "--log-format", "json"),
-        capture_output=True,
-        text=True,
-        timeout=40,
-        env=ENV,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    story = result.stdout
-    for step in range(1, 7):
-        assert f"[{step}/6]" in story
-    assert "recovery hook: the cookie was refused" in story
-    assert "Summary" in story
-    assert "final state closed" in story
+    results = run_demos()
+    for fmt, result in results.items():
+        assert result.returncode == 0, (fmt, result.stderr[-2000:])
+        story = result.stdout
+        for step in range(1, 7):
+            assert f"[{step}/6]" in story
+        assert "recovery hook: the cookie was refused" in story
+        assert "failed is not for good" in story
+        assert "final state closed" in story
+    check_json_demo(results["json"])
+    check_ecs_demo(results["ecs"])
+    check_console_demo(results["console"])
+
+
+def check_json_demo(result: subprocess.CompletedProcess[str]) -> None:
+    assert "   -> connected (after" in result.stdout  # off a terminal the story tells them too
     events = [json.loads(line) for line in result.stderr.splitlines()]
     changes = [e for e in events if e["event"] == "connection.state_changed"]
     reasons = [e["reason"] for e in changes]
@@ -61,7 +88,6 @@ def test_demo_plays_the_whole_story() -> None:
     assert any(r.startswith("rejected") for r in reasons)
     assert any(r.startswith("network: ConnectionRefusedError") for r in reasons)
     assert any(r.startswith("probe after") for r in reasons)  # FAILED is left by itself
-    assert "failed is not for good" in story
     assert [e["to_state"] for e in changes][-1] == "closed"
     assert {"connection.heartbeat_missed", "connection.recovery"} <= {e["event"] for e in events}
     network = [e for e in changes if e.get("error_kind") == "network"]
@@ -69,6 +95,32 @@ def test_demo_plays_the_whole_story() -> None:
     assert retries == sorted(retries)
     assert len(retries) >= 2  # the backoff grows while the server is down, then FAILED
     assert retries[0] < retries[-1]
+    assert {k: v for k, v in types_by_field(events).items() if len(v) > 1} == {}
+
+
+def check_ecs_demo(result: subprocess.CompletedProcess[str]) -> None:
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert len(lines) > 30
+    assert [problem for line in lines for problem in check_ecs_line(line)] == []
+    seen = types_by_field(lines)
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}
+    mapped = template_types()
+    for path, kinds in seen.items():
+        if path.startswith("trio_conn."):
+            assert JSON_TYPE_OF[mapped[path]] in kinds, path
+    assert {line["event"]["dataset"] for line in lines} == {"trio-conn.trio_conn"}
+    assert {line["service"]["name"] for line in lines} == {"trio-conn"}
+
+
+def check_console_demo(result: subprocess.CompletedProcess[str]) -> None:
+    # Events are sentences; the story does not tell the transitions again.
+    assert "   -> connected (after" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) > 30
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{6} \[(info|warning|error) *\] ", ln) for ln in lines)
+    assert not any("conn_id=" in line or "url=" in line for line in lines)
+    assert any("connection demo moved from connected to reconnecting" in ln for ln in lines)
+    assert max(len(line) for line in lines) < 300  # was over 500 with every field
 
 
 # -- connect -------------------------------------------------------------------------
@@ -103,7 +155,10 @@ async def test_connect_prints_messages_and_closes_on_ctrl_c() -> None:
                 await server.wait_received(1)
                 await server.push("line one\nline two")
                 await server.push(b"\x00\x01")
-                while stdout.count(b"\n") < 3:  # the subscription's echo, then the pushes
+                # A hostile server: a clipboard write (OSC 52), a cursor move, a
+                # bidirectional override, and the client's own cookie echoed.
+                await server.push("\x1b]52;c;ZXZpbA==\x07\x1b[2Aok\u202e your s3cr3t-value")
+                while stdout.count(b"\n") < 4:  # the subscription's echo, then the pushes
                     chunk = await process.stdout.receive_some(4096)
                     assert chunk, "trio-conn connect exited early"
                     stdout += chunk
@@ -123,12 +178,13 @@ async def test_connect_prints_messages_and_closes_on_ctrl_c() -> None:
                 await process.wait()
                 await process.stdout.aclose()
                 await process.stderr.aclose()
-            assert process.returncode == 0
+            assert process.returncode == 128 + signal.SIGINT  # the shell's 130
             assert server.connections[0].header("cookie") == "session=s3cr3t-value"
     assert stdout.decode().splitlines() == [
         '{"op": "subscribe"}',
         "line one\\nline two",
         "base64:AAE=",
+        "\\x1b]52;c;ZXZpbA==\\x07\\x1b[2Aok\\u202e your REDACTED",
     ]
     text = stderr.decode()
     assert "s3cr3t" not in text
@@ -143,6 +199,15 @@ def test_connect_rejects_bad_input_clearly(capsys: pytest.CaptureFixture[str]) -
     assert "must start with ws:// or wss://" in capsys.readouterr().err
     assert main(["connect", "ws://example.com/", "-H", "no colon here"]) == 2
     assert "-H must be 'Name: value'" in capsys.readouterr().err
+    assert main(["connect", "ws://example.com/", "-H", "Bad Header: s3cr3t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trio-conn: error: -H[0] has an invalid header name")
+    assert "s3cr3t" not in err
+    assert "Traceback" not in err
+    assert main(["connect", "ws://example.com/", "-H", "X-Token: a\x7fb"]) == 2
+    assert "-H[0] (X-Token) value must be Latin-1 text" in capsys.readouterr().err
+    assert main(["connect", "ws://example.com/", "--subprotocol", "not a token"]) == 2
+    assert "is not an HTTP token" in capsys.readouterr().err
     assert main(["connect", "ws://x/", "--heartbeat", "message", "--heartbeat-reply", "[1]"]) == 2
     assert "--heartbeat-reply must be a JSON object" in capsys.readouterr().err
     assert main(["connect", "ws://x/", "--heartbeat-timeout", "0"]) == 2
@@ -159,6 +224,9 @@ def test_connect_helpers() -> None:
     assert not matches("not json")
     assert not matches("[1]")
     assert format_message("a\\b\r\n") == "a\\\\b\\r\\n"
+    assert format_message("\x1b[31mred\x9b\u2028\U000e0041") == (
+        "\\x1b[31mred\\x9b\\u2028\\U000e0041"
+    )
     assert format_message(b"hi") == "base64:aGk="
 
 
@@ -274,6 +342,43 @@ def test_report_plot_writes_a_png(tmp_path: Path) -> None:
     target = tmp_path / "timeline.png"
     fixture_report("--plot", str(target))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("connections", [["feed-a"], ["feed-a", "feed-b"]])
+def test_the_plot_legend_covers_nothing_and_short_stays_show(connections: list[str]) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from trio_conn._plot import draw_timeline
+    from trio_conn._report import build_report
+
+    lines = FIXTURE.read_text(encoding="utf-8").splitlines()
+    report = build_report(line for line in lines if any(f'"{c}"' in line for c in connections))
+    assert list(report.connections) == connections
+    figure = draw_timeline(report)
+    try:
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        (axes,) = figure.axes
+        (legend,) = figure.legends
+        box = legend.get_window_extent(renderer)
+        for other in (axes.get_window_extent(renderer), axes.xaxis.label.get_window_extent()):
+            assert not box.overlaps(other)
+        assert box.y0 > axes.get_window_extent(renderer).y1  # above the plot
+        # feed-a's first connecting stay lasts 0.5 s of 233 s: drawn 0.4 % wide, outlined.
+        assert len(axes.collections) >= 10  # one per stay
+        outlined = [
+            bars
+            for bars in axes.collections
+            if len(bars.get_edgecolor()) and tuple(bars.get_edgecolor()[0]) == (0, 0, 0, 1)
+        ]
+        assert outlined
+        least = 233.0 * 0.004
+        for bars in outlined:
+            extent = bars.get_paths()[0].get_extents()
+            assert extent.width == pytest.approx(least)
+    finally:
+        plt.close(figure)
 
 
 def test_report_plot_without_matplotlib_says_how_to_get_it(
