@@ -25,6 +25,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from tests.test_events import CONN_ID, fail_record
 from trio_conn import (
@@ -361,3 +362,34 @@ def test_the_check_sees_through_json_and_repr_escapes() -> None:
     assert leaked(secret, json.dumps({"m": f"a {secret} b"}))  # JSON-escaped in the line
     assert leaked(secret, f"x msg={secret!r}")  # the console's repr
     assert not leaked(secret, json.dumps({"m": "a REDACTED b"}))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_context_and_bound_fields_are_scrubbed_and_the_shortcut_never_shows(fmt: Format) -> None:
+    secret = "ctx-secret-7f3a9b2c"
+    stream = io.StringIO()
+    configure_logging(fmt, stream=stream)
+    events = ConnectionEvents(CONN_ID, f"wss://example.com/ws?key={secret}")
+    try:
+        structlog.contextvars.bind_contextvars(request=f"req with {secret}")
+        events.bind({"account": f"acct {secret}"})
+        events.state_changed(fail_record("plain"))
+        events.state_changed(fail_record("plain"))  # the second takes the cached path
+    finally:
+        events.forget_secrets()
+    text = stream.getvalue()
+    assert text.count("req with REDACTED") == 2
+    assert text.count("acct REDACTED") == 2
+    assert secret not in text
+    assert "\x00" not in text
+    assert "scrubbed" not in text
+
+
+def test_the_shortcut_never_reaches_an_application_pipeline() -> None:
+    events = ConnectionEvents(CONN_ID, "wss://example.com/ws?key=some-secret-value")
+    try:
+        with capture_logs() as logs:
+            events.state_changed(fail_record("plain"))
+    finally:
+        events.forget_secrets()
+    assert not any(key.startswith("\x00") for key in logs[0])

@@ -79,6 +79,17 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ER
 # as ``trio_conn_<name>`` instead.
 _RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 STDLIB_LOGGER = logging.getLogger("trio_conn")
+#: A key only the pipelines ``configure_logging`` builds receive and remove:
+#: ``(secret set version, keys scrubbed when the event was built)``.
+CLEAN_MARK = "\x00trio_conn.scrubbed"
+#: The attribute that marks the sink processor of those pipelines.
+SINK_ATTRIBUTE = "trio_conn_sink"
+
+
+def _sink_scrubs() -> bool:
+    """Whether structlog's configured pipeline is one ``configure_logging`` built."""
+    processors = structlog.get_config()["processors"]
+    return any(getattr(processor, SINK_ATTRIBUTE, False) for processor in processors)
 
 
 def _seconds(value: Any) -> str:
@@ -167,8 +178,10 @@ class ConnectionEvents:
         "_held",
         "_logger",
         "_logging_error_reported",
+        "_marks",
         "_raw_conn_id",
         "_resolved",
+        "_shown_as",
         "_url",
     )
 
@@ -178,21 +191,31 @@ class ConnectionEvents:
         self._resolved: Any = None  # the proxy's logger, kept when structlog caches
         self._logging_error_reported = False
         self._bound: dict[str, Any] = {}
+        self._marks = False  # the resolved pipeline is one configure_logging built
         fixed = SECRETS.add(url_secrets(url))
         self._held: list[list[str]] = [fixed]  # every registration, for the finalizer
         self._attempts: collections.deque[list[str]] = collections.deque()
         weakref.finalize(self, _forget, self._held)
         self._url = redact_url(url)
+        self._shown_as: tuple[int, str, str] = (-1, "", "")
 
     @property
     def conn_id(self) -> str:
         """The connection id as it appears in events (scrubbed)."""
-        return SECRETS.scrub(self._raw_conn_id)
+        return self._shown()[0]
 
     @property
     def url(self) -> str:
         """The URL as it appears in events (redacted and scrubbed)."""
-        return SECRETS.scrub(self._url)
+        return self._shown()[1]
+
+    def _shown(self) -> tuple[str, str]:
+        # Scrubbed again only when the secret set changed: two fields of every event.
+        shown = self._shown_as
+        if shown[0] != SECRETS.version:
+            shown = (SECRETS.version, SECRETS.scrub(self._raw_conn_id), SECRETS.scrub(self._url))
+            self._shown_as = shown
+        return shown[1], shown[2]
 
     def add_secrets(self, values: Iterable[str], *, attempt: bool = False) -> None:
         """Hide header ``values`` from every later event (see ``header_secrets``).
@@ -220,7 +243,17 @@ class ConnectionEvents:
         _forget(self._held)
 
     def bind(self, fields: dict[str, Any]) -> None:
-        """Add ``fields`` to every later event (the library's own fields win a clash)."""
+        """Add ``fields`` to every later event.
+
+        :raises ValueError: a name of the library's own fields (``reason``,
+            ``conn_id``...: see :data:`LIBRARY_FIELDS`) or ``event``.
+        """
+        taken = sorted(key for key in fields if key in LIBRARY_FIELDS or key == "event")
+        if taken:
+            raise ValueError(
+                f"cannot bind {', '.join(map(repr, taken))}: the library's own event fields "
+                "keep their meaning; choose other names"
+            )
         self._bound.update(fields)
 
     def _logging_failed(self, error: Exception) -> None:
@@ -241,26 +274,36 @@ class ConnectionEvents:
             pass
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        version = SECRETS.version  # before scrubbing: a secret added later forces the sink's scan
         scrub = SECRETS.scrub
         for key in _TEXT_FIELDS:
             value = fields.get(key)
             if value is not None:
                 fields[key] = scrub(value)
-        for key, value in self._bound.items():
-            if key not in fields:
-                fields[key] = scrub(value) if isinstance(value, str) else value
+        bound = {
+            key: scrub(value) if isinstance(value, str) else value
+            for key, value in self._bound.items()
+        }
         logger = self._resolved
+        marks = self._marks
         if logger is None:
             if self._logger is None and not structlog.is_configured():
-                self._to_stdlib(level, event, fields)
+                self._to_stdlib(level, event, fields | bound)
                 return
             logger = self._logger if self._logger is not None else structlog.get_logger("trio_conn")
+            marks = self._logger is None and _sink_scrubs()
             # Resolve the lazy proxy once, as structlog would, when the
             # application asked structlog to cache loggers (configure_logging
             # does); otherwise resolve per event, so later configuration applies.
             if structlog.is_configured() and structlog.get_config()["cache_logger_on_first_use"]:
                 logger = self._resolved = logger.bind()
-        getattr(logger, level)(event, **fields)
+                self._marks = marks
+        if marks and self._shown_as[0] == version:
+            # Every field built here is scrubbed already: the sink need not
+            # scan them again (trio_conn/_logging.py, _scrub_event). Bound and
+            # context fields are not in this set and are scanned there.
+            fields[CLEAN_MARK] = (version, fields.keys())
+        getattr(logger, level)(event, **fields, **bound)
 
     def _to_stdlib(self, level: str, event: str, fields: dict[str, Any]) -> None:
         number = _LEVELS[level]
@@ -293,9 +336,10 @@ class ConnectionEvents:
         to_state = record.to_state
         # The StrEnum members themselves: every renderer writes them as their
         # value, and ``.value`` (an enum descriptor) costs more than the rest.
+        conn_id, url = self._shown()
         fields: dict[str, Any] = {
-            "conn_id": self.conn_id,
-            "url": self.url,
+            "conn_id": conn_id,
+            "url": url,
             "from_state": record.from_state,
             "to_state": to_state,
             "reason": record.reason,
@@ -325,9 +369,10 @@ class ConnectionEvents:
     @_never_raises
     def heartbeat_missed(self, *, misses: int, max_misses: int, timeout: float) -> None:
         """Emit ``connection.heartbeat_missed`` (warning): ``misses`` of ``max_misses``."""
+        conn_id, url = self._shown()
         fields = {
-            "conn_id": self.conn_id,
-            "url": self.url,
+            "conn_id": conn_id,
+            "url": url,
             "misses": int(misses),
             "max_misses": int(max_misses),
             "timeout": round(float(timeout), 6),
@@ -337,9 +382,10 @@ class ConnectionEvents:
     @_never_raises
     def state_stuck(self, *, state: ConnectionState, seconds: float, limit: float) -> None:
         """Emit ``connection.state_stuck`` (warning): in ``state`` for ``seconds`` > ``limit``."""
+        conn_id, url = self._shown()
         fields = {
-            "conn_id": self.conn_id,
-            "url": self.url,
+            "conn_id": conn_id,
+            "url": url,
             "state": ConnectionState(state),
             "seconds": round(float(seconds), 6),
             "limit": round(float(limit), 6),
@@ -354,9 +400,10 @@ class ConnectionEvents:
         ``error`` with outcome ``failure`` otherwise; ``detail`` says why it
         failed when there is no exception (e.g. the hook returned a non-bool).
         """
+        conn_id, url = self._shown()
         fields: dict[str, Any] = {
-            "conn_id": self.conn_id,
-            "url": self.url,
+            "conn_id": conn_id,
+            "url": url,
             "outcome": "success" if record.refreshed else "failure",
             "duration_s": round(float(record.duration), 6),
             "consecutive_failures": record.consecutive_failures,
@@ -369,6 +416,7 @@ class ConnectionEvents:
     @_never_raises
     def hook_failed(self, *, hook: str, error: BaseException) -> None:
         """Emit ``connection.hook_failed`` (error): a user hook raised; it was ignored."""
-        fields: dict[str, Any] = {"conn_id": self.conn_id, "url": self.url, "hook": hook}
+        conn_id, url = self._shown()
+        fields: dict[str, Any] = {"conn_id": conn_id, "url": url, "hook": hook}
         self._add_error(fields, error)
         self._emit("error", HOOK_FAILED, fields)

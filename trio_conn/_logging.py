@@ -7,10 +7,15 @@ warns and changes nothing unless ``force=True``.
 
 Rules of the house for the pipelines built here:
 
-- The last step scrubs the whole rendered line, traceback included, of every
-  registered secret in every encoding (trio_conn/_secrets.py). A JSON line in
-  which something was found is rendered again from its parsed values, each
-  scrubbed, so that it stays valid JSON with the same keys.
+- The sink's step, right before the renderer, scrubs every registered secret,
+  in every encoding (trio_conn/_secrets.py), from every key and every value
+  of the event, recursively: the traceback, the error message, the
+  application's own fields and context, and the repr of any object the
+  renderer would write through ``repr``. The renderer adds only its own
+  constants, so the rendered line holds no secret, and a JSON line stays
+  valid JSON whatever was replaced. (Scrubbing values rather than the
+  rendered text lets repeated values, a URL or a reason, cost one lookup:
+  a JSON event stays within its 10 us budget.)
 - The stream given is the one written to (never its ``buffer``), so it lives
   as long as the configuration, whoever else drops it.
 - ECS mapping: trio_conn/_ecs.py.
@@ -32,9 +37,9 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ._ecs import ECSFormatter, ECSMapper
-from ._events import EVENT_NAMES, LIBRARY_FIELDS, sentence
+from ._events import CLEAN_MARK, EVENT_NAMES, LIBRARY_FIELDS, SINK_ATTRIBUTE, sentence
 from ._redact import error_message, error_type_name
-from ._secrets import REDACTED, SECRETS
+from ._secrets import SECRETS
 
 LogFormat = Literal["json", "ecs", "console"]
 FORMATS: tuple[LogFormat, ...] = ("json", "ecs", "console")
@@ -57,39 +62,80 @@ _MAX_DEPTH = 64
 
 
 def scrub_line(line: str) -> str:
-    """A rendered text line (console, CLI output) with every registered secret replaced."""
+    """A rendered text line (the CLI's own output) with every registered secret replaced."""
     return SECRETS.scrub(line, short=False)
 
 
-def scrub_json_line(line: str) -> str:
-    """A rendered JSON line with every registered secret replaced, still valid JSON.
+def _scrubbed_value(value: Any, depth: int) -> Any:
+    """``value`` with every registered secret replaced in every string it holds.
 
-    Only a line in which something was found costs more than the scan: it is
-    parsed and written again with every key and string value scrubbed.
+    What a renderer would write through ``repr`` (any object that is not a
+    JSON value) becomes its scrubbed repr here, so that nothing reaches the
+    line unscrubbed. Containers deeper than :data:`_MAX_DEPTH` become one
+    scrubbed string.
     """
-    clean = SECRETS.scrub(line, short=False)
-    if clean == line:
-        return line
-    try:
-        parsed = orjson.loads(line)
-    except orjson.JSONDecodeError:  # not JSON after all: the scrubbed text is all we have
-        return clean
-    return orjson.dumps(_scrub_value(parsed, 0)).decode("utf-8")
-
-
-def _scrub_value(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return SECRETS.scrub(value, short=False)
-    if depth >= _MAX_DEPTH and isinstance(value, dict | list):
-        return SECRETS.scrub(orjson.dumps(value).decode("utf-8"), short=False)
+    if value is None or isinstance(value, bool | int | float | datetime.datetime):
+        return value
+    if depth >= _MAX_DEPTH:
+        return SECRETS.scrub(_safe_repr(value), short=False)
     if isinstance(value, dict):
         return {
-            SECRETS.scrub(key, short=False): _scrub_value(item, depth + 1)
+            _scrubbed_value(key, depth + 1): _scrubbed_value(item, depth + 1)
             for key, item in value.items()
         }
-    if isinstance(value, list):
-        return [_scrub_value(item, depth + 1) for item in value]
-    return value
+    if isinstance(value, list | tuple):
+        return [_scrubbed_value(item, depth + 1) for item in value]
+    structlog_repr = getattr(value, "__structlog__", None)
+    text = structlog_repr() if callable(structlog_repr) else _safe_repr(value)
+    return SECRETS.scrub(text if isinstance(text, str) else _safe_repr(text), short=False)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # an object whose repr raises: say so, the event goes on
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def _scrub_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
+    """The sink's step: every key and value of the event scrubbed (see the module).
+
+    It runs after every processor that adds or changes a field and right
+    before the renderer, which adds only its own constants (a level, a
+    timestamp, punctuation), so the rendered line holds no registered secret.
+    A library event says which of its fields it scrubbed when it was built
+    (``CLEAN_MARK``, valid while no secret was added or removed since): only
+    the others are scanned here.
+    """
+    mark = ev.pop(CLEAN_MARK, None)
+    if not SECRETS:
+        return ev
+    if mark is not None and mark[0] == SECRETS.version:
+        dirty = ev.keys() - mark[1] - _HEAD_KEYS
+        if not dirty:
+            return ev
+        if all(SECRETS.scrub(key, short=False) == key for key in dirty if isinstance(key, str)):
+            for key in dirty:
+                ev[key] = _scrubbed_value(ev[key], 0)
+            return ev
+    return SECRETS.scrub_items(ev.items(), _scrub_nested)
+
+
+setattr(_scrub_event, SINK_ATTRIBUTE, True)  # what ConnectionEvents looks for
+# Keys the json chain adds itself (a datetime and a level name).
+_HEAD_KEYS = frozenset({"timestamp", "level"})
+
+
+def _drop_mark(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
+    """The ecs and console chains rename or drop fields before their sink: no shortcut."""
+    ev.pop(CLEAN_MARK, None)
+    return ev
+
+
+def _scrub_nested(value: Any) -> Any:
+    return _scrubbed_value(value, 1)
 
 
 class _ExceptionFields:
@@ -143,14 +189,21 @@ def _orjson_default(value: Any) -> Any:
 def _render_json(logger: WrappedLogger, method_name: str, ev: EventDict) -> str:
     try:
         raw = orjson.dumps(ev, default=_orjson_default, option=_JSON_OPTIONS)
-    except TypeError:  # too deep, or an int beyond 64 bits: say so rather than lose the event
+    except TypeError:  # an int beyond 64 bits, say: written as text rather than lost
         raw = orjson.dumps(
-            {key: ev[key] for key in ("timestamp", "level", "event") if key in ev}
-            | {"render_error": REDACTED if not ev else repr(ev)[:1000]},
-            default=repr,
+            {str(key): _json_safe(value) for key, value in ev.items()},
+            default=_safe_repr,
             option=_JSON_OPTIONS,
         )
-    return scrub_json_line(raw.decode("utf-8"))
+    return raw.decode("utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | float | datetime.datetime):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    return SECRETS.scrub(_safe_repr(value), short=False)
 
 
 def _console_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
@@ -173,18 +226,6 @@ def _console_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> Ev
     if error and str(error) not in text:
         out["error_message"] = error
     return out
-
-
-class _Scrubbed:
-    """The last step of a chain: ``render``, then :func:`scrub_json_line`/:func:`scrub_line`."""
-
-    def __init__(self, render: Processor, *, json_line: bool) -> None:
-        self.render = render
-        self.scrub = scrub_json_line if json_line else scrub_line
-
-    def __call__(self, logger: WrappedLogger, method_name: str, ev: EventDict) -> str:
-        line = self.render(logger, method_name, ev)
-        return self.scrub(line if isinstance(line, str) else str(line))
 
 
 class _BytesToText:
@@ -281,16 +322,18 @@ def configure_logging(
     target: Any = sys.stdout if stream is None else stream
     sink: Any = target if _is_text(target) else _BytesToText(target)
     processors: list[Processor] = [
+        *([] if format == "json" else [_drop_mark]),
         structlog.contextvars.merge_contextvars,
         _ExceptionFields(with_traceback=min_level <= logging.DEBUG),
     ]
     if format == "json":
-        processors += [_json_head, _render_json]
+        processors += [_json_head, _scrub_event, _render_json]
     elif format == "ecs":
         processors += [
             ECSMapper(service_name),
+            _scrub_event,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
-            _Scrubbed(ECSFormatter(), json_line=True),
+            ECSFormatter(),  # must be last: it returns the line
         ]
     else:
         isatty = getattr(target, "isatty", None)
@@ -301,8 +344,9 @@ def configure_logging(
         processors += [
             _console_event,
             structlog.processors.add_log_level,
+            _scrub_event,
             structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=True),
-            _Scrubbed(renderer, json_line=False),
+            renderer,
         ]
     structlog.configure(
         processors=processors,

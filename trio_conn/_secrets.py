@@ -32,7 +32,8 @@ import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 REDACTED = "REDACTED"
@@ -41,6 +42,9 @@ MIN_FRAGMENT = 8
 #: Secrets shorter than this are ignored.
 MIN_SECRET = 4
 _HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_CACHED_TEXTS = 2048
+_SCALARS = frozenset({int, float, bool, type(None)})
+_CACHED_LENGTH = 4096
 
 
 def forms(secret: str) -> set[str]:
@@ -78,7 +82,12 @@ class SecretSet:
         self._short: Counter[str] = Counter()  # whole short forms
         self._alphabet: set[str] = set()
         self._runs: re.Pattern[str] | None = None  # runs of alphabet characters
-        self._cache: dict[str, str] = {}  # texts scrubbed since the last change
+        # Texts scrubbed since the last change (with and without short secrets):
+        # the values of events repeat (a URL, a reason, a field name).
+        self._cache: dict[str, str] = {}
+        self._cache_long_only: dict[str, str] = {}
+        #: Changes whenever a secret is added or removed (for callers' caches).
+        self.version = 0
 
     def __bool__(self) -> bool:
         return bool(self._grams or self._short)
@@ -108,7 +117,8 @@ class SecretSet:
                 if new:
                     self._alphabet |= new
                     self._runs = None
-            self._cache = {}
+            self._cache, self._cache_long_only = {}, {}
+            self.version += 1
         return added
 
     def remove(self, added: Iterable[str]) -> None:
@@ -125,7 +135,8 @@ class SecretSet:
                     self._short[form] -= 1
                     if self._short[form] <= 0:
                         del self._short[form]
-            self._cache = {}
+            self._cache, self._cache_long_only = {}, {}
+            self.version += 1
 
     def scrub(self, text: str, *, short: bool = True) -> str:
         """``text`` with every registered secret, in any form or fragment, replaced.
@@ -135,16 +146,43 @@ class SecretSet:
         """
         if not (self._grams or (short and self._short)) or len(text) < MIN_SECRET:
             return text
-        cache = self._cache
-        key = text if short else "\x00" + text
-        clean = cache.get(key)
+        cache = self._cache if short else self._cache_long_only
+        clean = cache.get(text)
         if clean is not None:
             return clean
         with self._lock:
             clean = self._scrub(text, short)
-        if len(cache) < 512 and len(text) < 4096:
-            cache[key] = clean
+        if len(text) <= _CACHED_LENGTH:
+            if len(cache) >= _CACHED_TEXTS:  # a crude bound: texts that repeat come back
+                cache.clear()
+            cache[text] = clean
         return clean
+
+    def scrub_items(
+        self, items: Iterable[tuple[Any, Any]], other: Callable[[Any], Any]
+    ) -> dict[Any, Any]:
+        """A dict of ``items`` with every str key and value scrubbed (as
+        ``scrub(..., short=False)``); numbers, booleans and None are kept, and
+        every other value is given to ``other``.
+
+        The sink's fast path: an event's values repeat (a URL, a reason, a
+        field name), and a text seen before costs one dict lookup here.
+        """
+        get = self._cache_long_only.get
+        scrub = self.scrub
+        out: dict[Any, Any] = {}
+        for key, value in items:
+            if type(key) is str:
+                clean = get(key)
+                key = clean if clean is not None else scrub(key, short=False)
+            kind = type(value)
+            if kind is str or (kind not in _SCALARS and isinstance(value, str)):
+                clean = get(value)
+                value = clean if clean is not None else scrub(value, short=False)
+            elif kind not in _SCALARS:
+                value = other(value)
+            out[key] = value
+        return out
 
     def _scrub(self, text: str, with_short: bool) -> str:
         runs = self._runs
