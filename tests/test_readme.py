@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
 
+import structlog
 import trio
 import trio.testing
 
+from trio_conn import ConnectionConfig, ConnectionState, RetryPolicy, configure_logging
+from trio_conn import open_connection as open_managed
 from trio_conn.testing import open_fault_server
 
 README = Path(__file__).parent.parent / "README.md"
@@ -80,3 +84,50 @@ def test_close_codes_snippet_maps_4401_to_rejected() -> None:
     exec(compile(python_block("**Close codes.**"), "README close codes", "exec"), namespace)
     assert namespace["config"].retry.close_codes[4401] is ErrorKind.REJECTED
     assert namespace["config"].retry.is_fatal(ErrorKind.REJECTED)
+
+
+async def dropped_after_12_5_s(fmt: str) -> str:
+    """The README's example: a connection dropped after 12.5 s, its transition line."""
+    structlog.reset_defaults()
+    out = io.StringIO()
+    configure_logging(fmt, stream=out, service_name="market-bot" if fmt == "ecs" else None)  # type: ignore[arg-type]
+    async with open_fault_server() as server:
+        url = f"ws://bot:hunter2@127.0.0.1:{server.port}/feed?token=abc123xyz"
+        async with open_managed(
+            url,
+            open_stream=server.open_stream,
+            name="market-feed",
+            config=ConnectionConfig(retry=RetryPolicy(jitter=0.0)),
+        ) as conn:
+            await conn.wait_for_state(ConnectionState.CONNECTED)
+            await trio.sleep(12.5)
+            await server.drop()
+            await conn.wait_for_state(ConnectionState.RECONNECTING)
+    (line,) = [
+        ln
+        for ln in out.getvalue().splitlines()
+        if "from connected to reconnecting" in ln
+        or '"from_state":"connected","to_state":"reconnecting"' in ln
+    ]
+    return line
+
+
+def normalised(line: str) -> str:
+    """Without what changes from run to run: the time and the port."""
+    line = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", "<time>", line)
+    line = re.sub(r"^\d\d:\d\d:\d\d\.\d{6}", "<time>", line)
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", line)
+
+
+async def test_the_log_examples_are_what_the_library_writes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    for fmt, heading, fence in (
+        ("json", '### `format="json"`', "```json\n"),
+        ("ecs", '### `format="ecs"`', "```json\n"),
+        ("console", '### `format="console"`', "```\n"),
+    ):
+        section = text[text.index(heading) :]
+        shown = section[section.index(fence) + len(fence) :].split("\n", 1)[0]
+        assert normalised(shown) == normalised(await dropped_after_12_5_s(fmt)), fmt
