@@ -58,10 +58,15 @@ class PassThroughStream(trio.abc.Stream):
 class FaultyStream(PassThroughStream):
     """A client stream a test breaks on purpose.
 
-    ``stall``: the next writes of more than 100 bytes write half and hang (a
-    TCP send buffer that fills in the middle of a frame). ``broken``: every
-    write fails as a reset connection would. ``delay``: seconds each write
-    takes (a slow link, in virtual time).
+    ``stall``: the next writes of more than 100 bytes write half and hang
+    until the stream is closed (a TCP send buffer that fills in the middle of
+    a frame; closing the stream wakes the writer, as with a socket).
+    ``broken``: every write fails as a reset connection would. ``delay``:
+    seconds each write takes (a slow link, in virtual time). ``rate``: bytes
+    per second the peer reads; a write takes its length over the rate (a
+    slow but alive reader). :meth:`block`: a full send buffer: nothing can be
+    written, ``wait_send_all_might_not_block`` waits, until :meth:`unblock`.
+    ``writes`` counts the writes that reached the peer.
     """
 
     def __init__(self, inner: trio.abc.Stream) -> None:
@@ -69,16 +74,43 @@ class FaultyStream(PassThroughStream):
         self.stall = False
         self.broken = False
         self.delay = 0.0
+        self.rate: float | None = None
+        self.writes = 0
+        self._writable: trio.Event | None = None  # set while blocked
+        self._closed = trio.Event()
+
+    def block(self) -> None:
+        self._writable = trio.Event()
+
+    def unblock(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+            self._writable = None
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._writable is not None:
+            await self._writable.wait()
+        await super().wait_send_all_might_not_block()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._writable is not None:
+            await self._writable.wait()
         if self.delay:
             await trio.sleep(self.delay)
+        if self.rate:
+            await trio.sleep(len(data) / self.rate)
         if self.broken:
             raise trio.BrokenResourceError("connection reset by peer")
         if self.stall and len(data) > 100:
             await super().send_all(data[: len(data) // 2])
-            await trio.sleep_forever()
+            await self._closed.wait()
+            raise trio.ClosedResourceError("the stream was closed during a write")
         await super().send_all(data)
+        self.writes += 1
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await super().aclose()
 
 
 def faulty_opener(

@@ -633,6 +633,37 @@ async def test_heal_undoes_the_send_rate_and_pending_cuts(
         assert (server.cut, server.accepted) == (0, 1)
 
 
+async def test_heal_undoes_every_fault_it_documents(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Echo back on, flapping off with its manner reset: a connection after heal()
+    lives past the old close_after and echoes; the heartbeat setup stays."""
+    async with open_fault_server() as server:
+        is_heartbeat = server.is_heartbeat = lambda message: message == "beat"
+        server.echo = False
+        server.answer_pings = False
+        server.answer_heartbeats = False
+        server.close_after = 1.0
+        server.close_after_abrupt = False
+        server.close_after_code = 4401
+        server.close_after_reason = "token expired"
+        server.freeze()
+        await server.heal()
+        assert (server.echo, server.answer_pings, server.answer_heartbeats) == (True,) * 3
+        assert (server.close_after, server.close_after_abrupt) == (None, True)
+        assert (server.close_after_code, server.close_after_reason) == (
+            1000,
+            "closing after delay",
+        )
+        assert not server.frozen
+        assert server.is_heartbeat is is_heartbeat  # the application's protocol, not a fault
+        async with memory_client(server) as ws:
+            await trio.sleep(2.0)  # past the old close_after
+            await ws.send_message("healed")
+            assert await ws.get_message() == "healed"
+        assert server.connections[0].close_code == 1000  # closed by the client
+
+
 # -- cut handshakes ----------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from trio_conn import (
     ConnectionConfig,
     ConnectionState,
     ErrorKind,
+    NotConnected,
     RetryPolicy,
     Session,
     TransitionRecord,
@@ -188,24 +189,7 @@ async def test_max_message_size_is_bytes_of_utf8(autojump_clock: trio.testing.Mo
     assert server.connections[0].close_code == 1009
 
 
-# Liveness judged from the wire. -----------------------------------------------------
-
-
-async def test_a_slow_reading_peer_while_the_application_sends_megabytes(
-    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
-) -> None:
-    async with open_fault_server() as server:
-        server.echo = False
-        open_stream, streams = faulty_opener(server)
-        async with open_connection(server.url, open_stream=open_stream, config=FAST_BEATS) as conn:
-            await conn.wait_for_state(S.CONNECTED)
-            streams[0].delay = 0.05  # 16 KiB every 50 ms: 5 MB takes about 16 s
-            started = trio.current_time()
-            await conn.send(b"\x00" * 5_000_000)
-            assert trio.current_time() - started > 10 * FAST_BEATS.heartbeat_timeout
-            assert conn.state is S.CONNECTED
-    assert server.accepted == 1
-    assert misses(events) == []  # the pings waited behind the frame: no clock ran
+# Liveness judged from the wire (the bound and a slow reading peer: test_heartbeat_bound.py).
 
 
 class PingWatch(PassThroughStream):
@@ -290,6 +274,134 @@ async def test_a_compression_bomb_from_a_real_peer_is_refused_with_1009() -> Non
     drop = records[2]
     assert (drop.close_code, drop.kind) == (1009, ErrorKind.OTHER)
     assert drop.duration < 5.0  # noticed at once, not after inflating 50 MiB
+
+
+async def test_a_control_frame_between_compressed_fragments_from_a_real_peer() -> None:
+    """Real clock: websockets sends a message in two compressed fragments with a ping
+    (or an unsolicited pong) between them; wsproto 1.3.2's own permessage-deflate
+    corrupted binary and closed text with 1007 there."""
+    process, port = await start_server_process("tests.ws_peer")
+    try:
+        with trio.fail_after(20):
+            for kind in ("binary", "text"):
+                part: str | bytes = "abc" * 1000 if kind == "text" else b"abc" * 1000
+                for control in ("ping", "pong"):
+                    url = f"ws://127.0.0.1:{port}/fragments?kind={kind}&control={control}"
+                    async with open_connection(url) as conn:
+                        assert await conn.receive() == part * 2
+                        assert await conn.receive() == part
+                        assert conn.statistics().total_failures == 0
+    finally:
+        process.kill()
+        await process.wait()
+
+
+class FrameLog(PassThroughStream):
+    """A TCP stream that records the first byte of each write (a frame's opcode byte:
+    the writer writes each frame whole) and takes ``delay`` seconds per write."""
+
+    def __init__(self, inner: trio.abc.Stream, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.first_bytes: list[int] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(self.delay)
+        await super().send_all(data)
+        self.first_bytes.append(bytes(data[:1])[0])
+
+
+async def test_long_compressed_messages_go_to_a_real_peer_as_fragments_with_pings_between() -> None:
+    """Real clock: each frame takes 20 ms to write and beats go every 10 ms, so pings
+    go between the fragments of a compressed message; websockets echoes it intact."""
+    config = ConnectionConfig(heartbeat_interval=0.01, heartbeat_timeout=5.0)
+    text = "".join(f'{{"seq": {i}, "price": {i * 7 % 1000}}}\n' for i in range(30_000))
+    binary = bytes(range(256)) * 3500
+    streams: list[FrameLog] = []
+
+    async def open_stream(host: str, port: int) -> trio.abc.Stream:
+        streams.append(FrameLog(await trio.open_tcp_stream(host, port), delay=0.02))
+        return streams[-1]
+
+    process, port = await start_server_process("tests.ws_peer")
+    try:
+        with trio.fail_after(30):
+            async with open_connection(
+                f"ws://127.0.0.1:{port}/echo", config=config, open_stream=open_stream
+            ) as conn:
+                await conn.wait_for_state(S.CONNECTED)
+                for message in (text, binary):
+                    await conn.send(message)
+                    assert await conn.receive() == message
+                assert conn.statistics().total_failures == 0
+    finally:
+        process.kill()
+        await process.wait()
+    ops = streams[0].first_bytes
+    first = ops.index(0x41)  # the text message's first frame: RSV1 (compressed), no FIN
+    last = ops.index(0x80, first)  # its last: a continuation with FIN
+    assert last - first >= 14  # 905 kB before compression: 14 fragments of 64 KiB
+    assert 0x89 in ops[first:last]  # masked ping frames between them (first byte 0x89)
+
+
+# -- the kernel's buffers: real TCP, so the real clock --------------------------------
+
+
+async def test_a_frozen_peer_is_dead_in_time_while_a_large_send_fills_the_kernel_buffers(
+    events: list[dict[str, Any]],
+) -> None:
+    """Real clock: the kernel's buffers are the point. The fault server stops reading;
+    a 64 MiB send fills both sides' buffers and blocks; the beats wait behind the
+    blocked fragment, their clocks running. Bound: 2 * max(1, 0.5) + 1 = 3 s."""
+    outcome: list[BaseException] = []
+    async with (
+        open_fault_server() as server,
+        open_connection(server.url, config=FAST_BEATS) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        await trio.sleep(0.1)  # the first beat is answered
+        server.freeze()
+        frozen_at = trio.current_time()
+
+        async def send_big() -> None:
+            try:
+                await conn.send(b"x" * (64 << 20))
+            except NotConnected as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_big)
+            with trio.fail_after(10):
+                await conn.wait_for_state(S.RECONNECTING)
+            assert trio.current_time() - frozen_at < 3.0 + 0.5  # scheduling slack
+        server.thaw()
+    assert [e["misses"] for e in misses(events)] == [1, 2]
+    (error,) = outcome  # aborting the session's stream ended the blocked send
+    assert isinstance(error, NotConnected)
+    assert error.lost
+
+
+async def test_a_send_cancelled_on_a_full_kernel_buffer_fails_alone() -> None:
+    """Real clock: the kernel's buffer is the point. The fault server stops reading;
+    small sends fill the buffers until one cannot start: cancelled before its
+    first byte, it fails alone and the connection stays CONNECTED."""
+    records: list[TransitionRecord] = []
+    async with (
+        open_fault_server() as server,
+        open_connection(server.url, heartbeat=None, on_transition=records.append) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        server.freeze()
+        with trio.fail_after(30):
+            while True:
+                with trio.move_on_after(0.2) as scope:
+                    await conn.send("x" * 4000)
+                if scope.cancelled_caught:
+                    break
+        await trio.sleep(0.2)
+        assert conn.state is S.CONNECTED
+        server.thaw()
+    assert [r.to_state for r in records] == [S.CONNECTING, S.CONNECTED, S.CLOSED]
 
 
 @pytest.mark.parametrize("compression", ["deflate", None])

@@ -5,7 +5,10 @@
 
 - ``/echo``: echoes every message (compressed when the client offered it);
 - ``/bomb``: sends one message of 50 MiB of zeros, which permessage-deflate
-  shrinks to about 50 KiB on the wire, then echoes.
+  shrinks to about 50 KiB on the wire, then echoes;
+- ``/fragments?kind=binary|text&control=ping|pong``: sends ``FRAGMENT * 2`` as
+  two fragments with a ping (or an unsolicited pong) between them (RFC 6455
+  section 5.4 allows a control frame there), then ``FRAGMENT`` whole, then echoes.
 
 Run by tests/test_wire.py with the real clock (it is another process).
 """
@@ -14,17 +17,39 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 BOMB = b"\x00" * (50 << 20)
+FRAGMENT = b"abc" * 1000
+
+
+async def fragments(connection: ServerConnection, query: dict[str, list[str]]) -> None:
+    part: str | bytes = FRAGMENT.decode() if query["kind"] == ["text"] else FRAGMENT
+
+    async def pieces() -> AsyncIterator[str | bytes]:
+        yield part
+        if query["control"] == ["ping"]:
+            await connection.ping(b"between")
+        else:
+            await connection.pong(b"between")
+        yield part
+
+    await connection.send(pieces())
+    await connection.send(part)
 
 
 async def handler(connection: ServerConnection) -> None:
+    request = connection.request
+    url = urlsplit(request.path if request is not None else "/")
     try:
-        if connection.request is not None and connection.request.path == "/bomb":
+        if url.path == "/bomb":
             await connection.send(BOMB)
+        elif url.path == "/fragments":
+            await fragments(connection, parse_qs(url.query))
         async for message in connection:
             await connection.send(message)
     except ConnectionClosed:

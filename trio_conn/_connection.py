@@ -151,14 +151,18 @@ class ManagedConnection:
     async def send(self, message: Data) -> None:
         """Send a message: str as a text frame, bytes as a binary frame.
 
-        A send cancelled before its first byte was written fails alone; one
-        cut in the middle of its frame ends the session (the peer would read
-        what follows as garbage), and the connection reconnects.
+        A message over 64 KiB goes as fragments of 64 KiB (RFC 6455 section
+        5.4), so that heartbeats and the pongs the server asks for go between
+        them. A send cancelled before its first byte was written fails alone;
+        one cut in the middle of a frame, or between two fragments, ends the
+        session (the peer would read what follows as garbage), and the
+        connection reconnects.
 
         :raises NotConnected: the connection is not CONNECTED, a disconnect or
             close was requested (``closing``), or the WebSocket connection was
-            lost during the send (``lost``: the connection reconnects; the
-            message was not sent).
+            lost during the send (``lost``: the message was not sent whole;
+            ``conn.state`` has already left CONNECTED, so
+            ``wait_for_state(CONNECTED)`` waits for the reconnect).
         :raises TypeError: ``message`` is not str or bytes.
         :raises UnicodeEncodeError: ``message`` is text that has no UTF-8
             form (a lone surrogate); nothing was sent and the connection
@@ -176,6 +180,13 @@ class ManagedConnection:
             await websocket.send(message)
         except ConnectionClosed as exc:
             closing = control.stopping  # it waited while a disconnect began
+            if not closing:
+                # Lost: wait (bounded) for the supervisor to record the session's
+                # end, so that conn.state has left CONNECTED when this raises and
+                # a retry loop on wait_for_state(CONNECTED) waits for the next one.
+                with trio.move_on_after(self.config.close_timeout):
+                    while self.state is S.CONNECTED and control.websocket in (websocket, None):
+                        await control.wait_changed()
             raise NotConnected(self.state, lost=not closing, closing=closing) from exc
 
     async def receive(self) -> Data:
@@ -248,11 +259,12 @@ class ManagedConnection:
         after login, a session number): fields bound with structlog's
         ``bind_contextvars`` reach the events only when bound before
         :func:`open_connection`, whose tasks copy the context as they start.
-        String values are scrubbed of secrets like the event's own text; the
-        library's own fields (``conn_id``, ``reason``...) win a clash. Calling
-        it again adds to (or replaces) what was bound.
+        String values are scrubbed of secrets like the event's own text.
+        Calling it again adds to (or replaces) what was bound.
 
         :raises TypeError: a field name that is not an identifier.
+        :raises ValueError: a name of the library's own event fields
+            (``conn_id``, ``reason``...) or ``event``: they keep their meaning.
         """
         for key in fields:
             if not key.isidentifier():  # keyword arguments through **{...} can be anything
@@ -297,17 +309,55 @@ async def open_connection(
     sends a close frame if connected (shielded, bounded by ``close_timeout``)
     and ends every task. An exception raised in the block comes out as itself.
 
-    :param on_transition: ``fn(record)``, called for every transition, in
-        order, with the :class:`TransitionRecord` the log event is built from;
-        an exception it raises is logged and never breaks the connection.
-    :param subprotocols: offered in ``Sec-WebSocket-Protocol`` (RFC 6455
-        section 1.9); ``conn.subprotocol`` is the one the server chose.
+    :param url: ``str``, ``ws://`` or ``wss://`` (RFC 6455 section 3); the
+        path and query are sent as the request target. Secrets in it (user
+        info, query values) never reach a log.
+    :param config: a :class:`ConnectionConfig` (timings in seconds, limits
+        in bytes); None (default): ``ConnectionConfig()``.
+    :param heartbeat: a :class:`Heartbeat`: ``PingHeartbeat()`` (default,
+        ping/pong frames), ``MessageHeartbeat(make_message, is_response)``
+        (application messages; recognised replies are consumed), a subclass
+        of your own, or None for no heartbeat. A beat goes every
+        ``heartbeat_interval`` seconds (every ``max(heartbeat_interval,
+        heartbeat_timeout)`` while unanswered); a silent peer is declared dead
+        within ``max_heartbeat_failures * max(heartbeat_timeout,
+        heartbeat_interval) + heartbeat_timeout`` seconds of its last byte.
+    :param headers: extra request headers: ``list[tuple[str, str]]``, or an
+        async callable returning one, called at each attempt (within
+        ``connect_timeout``). Names are HTTP tokens, values Latin-1 text with
+        no control character or surrounding whitespace (RFC 9110 section
+        5.5); values never reach a log. Default None: none.
+    :param on_connect: ``async fn(session: Session) -> None``, run after the
+        handshake and before CONNECTED, within ``connect_timeout``: an
+        application's init (``session.send()``, ``session.receive()``).
+        Raising fails the attempt. Default None.
+    :param on_failed: ``async fn(info: FailureInfo) -> bool``, called on
+        entering FAILED (at most once per stay and every
+        ``recovery_cooldown`` seconds, bounded by ``connect_timeout``); True:
+        credentials refreshed, retry at once; False, raising or hanging: stay
+        FAILED until the next probe (``failed_retry_interval``). Default None.
+    :param on_transition: ``fn(record: TransitionRecord) -> None`` (plain,
+        not async), called for every transition, in order, with the record
+        the log event is built from; an exception it raises is logged and
+        never breaks the connection. Default None.
+    :param name: ``str``, the connection id (``conn_id`` in every event);
+        None (default): generated.
+    :param ssl_context: an ``ssl.SSLContext`` for ``wss://``; None
+        (default): ``ssl.create_default_context()``, certificates verified.
+        Given with a ``ws://`` URL: ValueError.
+    :param subprotocols: ``Sequence[str]`` of HTTP tokens offered in
+        ``Sec-WebSocket-Protocol`` (RFC 6455 section 1.9);
+        ``conn.subprotocol`` is the one the server chose. Default ``()``.
     :param compression: ``"deflate"`` (default) offers permessage-deflate
-        (RFC 7692); None offers nothing.
-    :param open_stream: ``async (host, port) -> trio.abc.Stream`` used instead
-        of TCP, e.g. ``FaultServer.open_stream`` for exact virtual-time tests.
+        (RFC 7692), inflated data checked against ``max_message_size`` as it
+        inflates; None offers nothing.
+    :param open_stream: ``async (host: str, port: int) -> trio.abc.Stream``
+        used instead of TCP (a proxy tunnel, or ``FaultServer.open_stream``
+        for exact virtual-time tests); None (default): TCP. TLS goes over
+        it for ``wss://``.
     :raises ValueError: a bad URL or argument value (the message says which).
-    :raises TypeError: an argument of the wrong type.
+    :raises TypeError: an argument of the wrong type, or a hook of the wrong
+        colour (async where plain is needed, or the reverse).
     """
     conn = ManagedConnection(
         url,

@@ -1,17 +1,29 @@
 """Heartbeats: what a beat is (ping frame or application message) and the loop that judges.
 
-The loop (:meth:`HeartbeatMonitor.run`): send a beat
-(behind any frame being written: the clock has not started); from the moment
-its frame is written, wait ``heartbeat_timeout`` for its reply; judged after
-the wait, any proof of life resets the miss count: the reply, any bytes
-received from the peer (even part of a frame), or progress of the
-application's own writes, and bytes that arrived while the event loop itself
-was stalled count too. While the receive buffer is full no miss is counted (a
-slow reader is not a dead peer). At ``max_heartbeat_failures`` consecutive
-misses raise :class:`HeartbeatTimeout`; then sleep until ``sent_at +
-heartbeat_interval``. So a silent peer is declared dead no later than
-``interval + max_failures * max(timeout, interval)`` after the last byte it
-sent.
+The loop (:meth:`HeartbeatMonitor.run`), for each beat: its clock starts at
+its scheduled time; ``beat()`` sends it and the reply is awaited, both within
+the beat's deadline (scheduled time + ``heartbeat_timeout``), so a beat that
+waits behind a long message (it goes between fragments), or a slow ``beat()``
+of the application's, is judged like any other. Judged at the reply or the
+deadline, after letting the reader catch up (bytes that arrived while the
+event loop itself was stalled count): proof of life is only what came from
+the peer since the beat was scheduled (its reply, or any byte, even part of
+a frame), or our own reader waiting on a full receive buffer (we are not
+reading, so we cannot see the peer's bytes: a slow reader is not a dead
+peer). Bytes we wrote prove nothing: a kernel takes them without the peer
+reading. Without proof, a miss; at ``max_heartbeat_failures`` consecutive
+misses, :class:`HeartbeatTimeout`. The next beat is scheduled
+``heartbeat_interval`` after this one's scheduled time, or at once if this
+one was judged later than that: beats go every ``max(heartbeat_interval,
+heartbeat_timeout)`` while unanswered.
+
+So a peer that goes silent is declared dead no later than::
+
+    max_heartbeat_failures * max(heartbeat_timeout, heartbeat_interval) + heartbeat_timeout
+
+after the last byte it sent (120 s with the defaults). The worst case is a
+byte that arrives just after a beat was scheduled, whose reply never comes:
+that beat is judged alive at its deadline, and the next one starts then.
 """
 
 from __future__ import annotations
@@ -23,7 +35,9 @@ import trio
 
 from ._checks import check_sync_callable
 from ._exceptions import HeartbeatTimeout
-from ._transport import Data, Session, WebSocket
+from ._frames import Data
+from ._handle import Session, SessionOf
+from ._transport import WebSocket
 
 #: How many times the judge yields before counting a miss: enough for the
 #: reader to run once more, so that bytes that arrived while the event loop
@@ -32,18 +46,45 @@ JUDGE_YIELDS = 2
 
 
 class Heartbeat(abc.ABC):
-    """How to send a beat and recognise its reply."""
+    """How to send a beat and recognise its reply.
 
-    #: Whether replies arrive as messages (recognised by :meth:`is_response`),
-    #: rather than as pong frames.
+    Subclass it and define :meth:`beat`. A beat whose reply is a pong frame
+    (``session.ping()``) needs nothing more; one whose reply is an
+    application message defines :meth:`is_response` as well, and every
+    message it recognises is consumed as the reply, never delivered.
+
+    :cvar replies_are_messages: whether replies arrive as messages, looked
+        for with :meth:`is_response` in every message received, rather than
+        as pong frames. Default: True exactly when the class (or a base
+        below ``Heartbeat``) defines ``is_response``; set it in the class
+        body to say otherwise.
+    """
+
     replies_are_messages = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "replies_are_messages" not in vars(cls) and "is_response" in vars(cls):
+            cls.replies_are_messages = True  # overriding is_response is enough
 
     @abc.abstractmethod
     async def beat(self, session: Session) -> None:
-        """Send one beat on ``session``: a ping frame or a message. Return once written."""
+        """Send one beat on ``session``: a ping frame or a message. Return once written.
+
+        Runs within the beat's deadline (its scheduled time +
+        ``heartbeat_timeout``): cancelled there, the beat is judged as one
+        whose reply did not come. ``session.receive()`` is not for a beat
+        (it raises RuntimeError): replies are recognised by :meth:`is_response`.
+        An exception it raises ends the session.
+        """
 
     def is_response(self, message: Data) -> bool:
-        """Whether ``message`` is a beat's reply (consumed, never delivered)."""
+        """Whether ``message`` is a beat's reply (consumed, never delivered).
+
+        Called for every message received when :attr:`replies_are_messages`
+        is True. One that raises counts as False (and is logged as
+        ``connection.hook_failed``).
+        """
         return False
 
 
@@ -65,8 +106,6 @@ class MessageHeartbeat(Heartbeat):
         that raises counts as False (and is logged as ``connection.hook_failed``).
     :raises TypeError: either is not a plain (non-async) callable.
     """
-
-    replies_are_messages = True
 
     def __init__(
         self,
@@ -94,8 +133,8 @@ class MessageHeartbeat(Heartbeat):
 class _Beat:
     __slots__ = ("replied", "replied_at", "sent_at")
 
-    def __init__(self, started: float) -> None:
-        self.sent_at = started  # until the frame is written
+    def __init__(self, scheduled: float) -> None:
+        self.sent_at = scheduled  # then when beat() returned: the round trip's start
         self.replied = trio.Event()
         self.replied_at: float | None = None
 
@@ -138,7 +177,8 @@ class HeartbeatMonitor:
         self._beat: _Beat | None = None
         self._reader_blocked = False
         self._blocked_episodes = 0
-        #: Round trip of the last answered beat, in seconds.
+        #: Round trip of the last answered beat, in seconds: from the moment
+        #: ``beat()`` returned (the beat written) to its reply.
         self.rtt: float | None = None
 
     def reply_arrived(self) -> None:
@@ -162,16 +202,17 @@ class HeartbeatMonitor:
         :raises HeartbeatTimeout: ``max_misses`` consecutive beats without
             any proof of life.
         """
-        websocket, session = self._websocket, Session(self._websocket)
+        websocket, session = self._websocket, SessionOf(self._websocket, receives=False)
         misses = 0
+        scheduled = trio.current_time()
         while True:
-            beat = self._beat = _Beat(trio.current_time())
-            episodes = self._blocked_episodes
-            await self._heartbeat.beat(session)  # may wait behind a long frame: no clock yet
-            beat.sent_at = sent_at = trio.current_time()
-            received, written = websocket.bytes_received, websocket.bytes_written
+            beat = self._beat = _Beat(scheduled)
+            received, episodes = websocket.bytes_received, self._blocked_episodes
             blocked = self._reader_blocked  # a full buffer at any moment of the wait excuses it
-            with trio.move_on_at(sent_at + self._timeout):
+            with trio.move_on_at(scheduled + self._timeout):
+                await self._heartbeat.beat(session)  # may wait behind a fragment: the clock runs
+                if beat.replied_at is None:
+                    beat.sent_at = trio.current_time()
                 await beat.replied.wait()
             if beat.replied_at is None:
                 for _ in range(JUDGE_YIELDS):  # bytes read in a stall of the loop count
@@ -179,7 +220,6 @@ class HeartbeatMonitor:
             alive = (
                 beat.replied_at is not None
                 or websocket.bytes_received != received
-                or websocket.bytes_written != written
                 or blocked
                 or self._reader_blocked
                 or self._blocked_episodes != episodes
@@ -191,4 +231,5 @@ class HeartbeatMonitor:
                 self._on_miss(misses)
                 if misses >= self._max_misses:
                     raise HeartbeatTimeout(misses, self._timeout)
-            await trio.sleep_until(sent_at + self._interval)
+            scheduled = max(scheduled + self._interval, trio.current_time())
+            await trio.sleep_until(scheduled)

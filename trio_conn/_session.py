@@ -28,11 +28,14 @@ import trio
 from ._config import ConnectionConfig
 from ._events import ConnectionEvents
 from ._failure import describe_failure
+from ._frames import Data
+from ._handle import Session, SessionOf
+from ._handshake import handshake
 from ._heartbeat import Heartbeat, HeartbeatMonitor
 from ._mailbox import Mailbox
 from ._policy import FailureDetails
 from ._request import StreamOpener, Target, check_headers
-from ._transport import Data, Session, WebSocket
+from ._transport import WebSocket
 
 Headers: TypeAlias = list[tuple[str, str]]
 HeadersSource: TypeAlias = Headers | Callable[[], Awaitable[Headers]] | None
@@ -144,31 +147,44 @@ async def run_session(
     phase = HANDSHAKE
     try:
         async with trio.open_nursery() as nursery:
-            with control.interruptible() as attempt, trio.fail_after(config.connect_timeout):
+            with (
+                control.interruptible() as attempt,
+                trio.move_on_after(config.connect_timeout) as deadline,
+            ):
                 headers = await _attempt_headers(spec.headers, events)
-                websocket = WebSocket(
-                    await _open(spec, streams),
-                    max_message_size=config.max_message_size,
-                    max_fragments=config.max_message_fragments,
-                    buffer=config.receive_buffer,
-                    on_change=control.notify,
-                )
-                await websocket.handshake(
+                stream = await _open(spec, streams)
+                answer = await handshake(
+                    stream,
                     spec.target,
                     headers=headers,
                     subprotocols=spec.subprotocols,
                     compression=spec.compression,
                 )
                 del headers  # not kept alive for the connection's life
+                websocket = WebSocket(
+                    stream,
+                    answer,
+                    max_message_size=config.max_message_size,
+                    max_fragments=config.max_message_fragments,
+                    buffer=config.receive_buffer,
+                    on_change=control.notify,
+                    spawn=nursery.start_soon,
+                )
+                del answer  # its leftover bytes are the reader's now
                 control.subprotocol = websocket.subprotocol
                 nursery.start_soon(websocket.run_reader)
                 if spec.on_connect is not None:
                     phase = ON_CONNECT
-                    await spec.on_connect(Session(websocket))
+                    await spec.on_connect(SessionOf(websocket))
                     if websocket.send_error is not None:  # cut mid-frame: never CONNECTED
                         raise websocket.send_error
+            if deadline.cancelled_caught:
+                # trio.TooSlowError, as fail_after raises: classified as network.
+                raise trio.TooSlowError(
+                    f"connect_timeout ({config.connect_timeout:g} s) passed {phase}"
+                )
             stopped = attempt.cancelled_caught
-            del attempt  # not kept alive for the connection's life
+            del attempt, deadline  # not kept alive for the connection's life
             if not stopped:
                 phase = CONNECTED
                 await _Live(spec, control, mailbox, events, websocket).hold(nursery, opened)

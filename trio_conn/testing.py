@@ -49,6 +49,7 @@ Message = str | bytes
 
 #: How long a closing connection waits for the peer's part of the close handshake.
 _CLOSE_TIMEOUT = 5.0
+_CLOSE_AFTER_REASON = "closing after delay"
 _GARBAGE = b"\x00\xffNOT HTTP\r\n\x1b[2J\r\n\r\n"
 
 
@@ -181,7 +182,7 @@ class FaultServer:
         self.close_after: float | None = None
         self.close_after_abrupt = True
         self.close_after_code = 1000
-        self.close_after_reason = "closing after delay"
+        self.close_after_reason = _CLOSE_AFTER_REASON
 
         self.tcp_connections = 0
         self.handshakes = 0
@@ -387,16 +388,25 @@ class FaultServer:
         self._cuts.extend([HandshakeCut(after, reset)] * count)
 
     async def heal(self) -> None:
-        """Undo every fault: listen again, thaw, answer pings and heartbeats at full
-        speed, stop flapping, and forget pending rejections, hangs, garbage and cuts."""
+        """Undo every fault: listen again, thaw, echo, answer pings and heartbeats
+        at full speed, stop flapping (``close_after`` None, and its
+        ``close_after_abrupt``, ``close_after_code`` and ``close_after_reason``
+        back to their defaults), and forget pending rejections, hangs, garbage
+        and cuts. What recognises and answers application heartbeats
+        (``is_heartbeat``, ``heartbeat_reply``) describes the application's
+        protocol, not a fault: it stays."""
         self._reject.clear()
         self._cuts.clear()
         self._hang_remaining = 0
         self._garbage_remaining = 0
+        self.echo = True
         self.answer_pings = True
         self.answer_heartbeats = True
         self.send_rate = None
         self.close_after = None
+        self.close_after_abrupt = True
+        self.close_after_code = 1000
+        self.close_after_reason = _CLOSE_AFTER_REASON
         self.thaw()
         await self.start()
 
