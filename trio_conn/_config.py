@@ -39,9 +39,11 @@ class ConnectionConfig:
     :raises TypeError: a value has the wrong type.
     """
 
-    #: Seconds between heartbeats (from one beat's send to the next).
+    #: Seconds between heartbeats, from one beat's scheduled time to the next
+    #: (``max(heartbeat_interval, heartbeat_timeout)`` while unanswered).
     heartbeat_interval: float = 15.0
-    #: Seconds to wait for a heartbeat's reply before counting a miss.
+    #: Seconds from a beat's scheduled time by which it must be sent and
+    #: answered (or some byte come from the peer) before counting a miss.
     heartbeat_timeout: float = 30.0
     #: Consecutive misses that end the session as dead.
     max_heartbeat_failures: int = 3

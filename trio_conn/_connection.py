@@ -320,8 +320,8 @@ async def open_connection(
         of your own, or None for no heartbeat. A beat goes every
         ``heartbeat_interval`` seconds (every ``max(heartbeat_interval,
         heartbeat_timeout)`` while unanswered); a silent peer is declared dead
-        within ``max_heartbeat_failures * max(heartbeat_timeout,
-        heartbeat_interval) + heartbeat_timeout`` seconds of its last byte.
+        within ``heartbeat_interval + max_heartbeat_failures *
+        max(heartbeat_timeout, heartbeat_interval)`` seconds of its last byte.
     :param headers: extra request headers: ``list[tuple[str, str]]``, or an
         async callable returning one, called at each attempt (within
         ``connect_timeout``). Names are HTTP tokens, values Latin-1 text with

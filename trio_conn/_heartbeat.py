@@ -4,26 +4,30 @@ The loop (:meth:`HeartbeatMonitor.run`), for each beat: its clock starts at
 its scheduled time; ``beat()`` sends it and the reply is awaited, both within
 the beat's deadline (scheduled time + ``heartbeat_timeout``), so a beat that
 waits behind a long message (it goes between fragments), or a slow ``beat()``
-of the application's, is judged like any other. Judged at the reply or the
-deadline, after letting the reader catch up (bytes that arrived while the
-event loop itself was stalled count): proof of life is only what came from
-the peer since the beat was scheduled (its reply, or any byte, even part of
-a frame), or our own reader waiting on a full receive buffer (we are not
-reading, so we cannot see the peer's bytes: a slow reader is not a dead
-peer). Bytes we wrote prove nothing: a kernel takes them without the peer
-reading. Without proof, a miss; at ``max_heartbeat_failures`` consecutive
-misses, :class:`HeartbeatTimeout`. The next beat is scheduled
-``heartbeat_interval`` after this one's scheduled time, or at once if this
-one was judged later than that: beats go every ``max(heartbeat_interval,
-heartbeat_timeout)`` while unanswered.
+of the application's, is judged like any other. Judged at the reply, at the
+deadline, or (when the timeout is longer than the interval) at the first
+whole interval after the scheduled time by which some proof of life came,
+after letting the reader catch up (bytes that arrived while the event loop
+itself was stalled count). Proof of life is only what came from the peer
+since the beat was scheduled (its reply, or any byte, even part of a frame),
+or our own reader waiting on a full receive buffer (we are not reading, so we
+cannot see the peer's bytes: a slow reader is not a dead peer). Bytes we
+wrote prove nothing: a kernel takes them without the peer reading. Without
+proof, a miss; at ``max_heartbeat_failures`` consecutive misses,
+:class:`HeartbeatTimeout`. The next beat is scheduled ``heartbeat_interval``
+after this one's scheduled time, or at once if this one was judged later than
+that: beats go every ``max(heartbeat_interval, heartbeat_timeout)`` while
+unanswered.
 
 So a peer that goes silent is declared dead no later than::
 
-    max_heartbeat_failures * max(heartbeat_timeout, heartbeat_interval) + heartbeat_timeout
+    heartbeat_interval + max_heartbeat_failures * max(heartbeat_timeout, heartbeat_interval)
 
-after the last byte it sent (120 s with the defaults). The worst case is a
-byte that arrives just after a beat was scheduled, whose reply never comes:
-that beat is judged alive at its deadline, and the next one starts then.
+after the last byte it sent (105 s with the defaults): the first beat
+scheduled after that byte starts within one interval of it (a beat that saw
+the byte is judged at its next checkpoint), and it and the next ones miss.
+A beat judged alive early may have its reply arrive during the next beat,
+which takes it as its own: it is a byte from the peer either way.
 """
 
 from __future__ import annotations
@@ -196,6 +200,16 @@ class HeartbeatMonitor:
         if blocked:
             self._blocked_episodes += 1
 
+    def _proof(self, beat: _Beat, received: int, episodes: int, blocked: bool) -> bool:
+        """Whether some proof of life came since ``beat`` was scheduled (figures then given)."""
+        return (
+            beat.replied_at is not None
+            or self._websocket.bytes_received != received
+            or blocked
+            or self._reader_blocked
+            or self._blocked_episodes != episodes
+        )
+
     async def run(self) -> None:
         """Beat until the peer is judged dead.
 
@@ -209,21 +223,28 @@ class HeartbeatMonitor:
             beat = self._beat = _Beat(scheduled)
             received, episodes = websocket.bytes_received, self._blocked_episodes
             blocked = self._reader_blocked  # a full buffer at any moment of the wait excuses it
-            with trio.move_on_at(scheduled + self._timeout):
+
+            deadline = scheduled + self._timeout
+            with trio.move_on_at(deadline):
                 await self._heartbeat.beat(session)  # may wait behind a fragment: the clock runs
                 if beat.replied_at is None:
                     beat.sent_at = trio.current_time()
-                await beat.replied.wait()
+                # Checkpoints every interval inside a long timeout: a beat whose
+                # window already holds a byte from the peer is judged alive there,
+                # so the next beat starts at most one interval after that byte.
+                checkpoint = scheduled + self._interval
+                while checkpoint < deadline:
+                    with trio.move_on_at(checkpoint):
+                        await beat.replied.wait()
+                    if self._proof(beat, received, episodes, blocked):
+                        break
+                    checkpoint += self._interval
+                else:
+                    await beat.replied.wait()
             if beat.replied_at is None:
                 for _ in range(JUDGE_YIELDS):  # bytes read in a stall of the loop count
                     await trio.lowlevel.cancel_shielded_checkpoint()
-            alive = (
-                beat.replied_at is not None
-                or websocket.bytes_received != received
-                or blocked
-                or self._reader_blocked
-                or self._blocked_episodes != episodes
-            )
+            alive = self._proof(beat, received, episodes, blocked)
             if alive:
                 misses = 0
             else:
