@@ -11,6 +11,7 @@ from ._exceptions import (
     TrioConnError,
 )
 from ._failure import classify
+from ._group import ConnectionGroup, GroupStatistics, open_connection_group
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import configure_logging
 from ._policy import Backoff, ErrorKind, RetryPolicy
@@ -23,11 +24,13 @@ __all__ = [
     "Backoff",
     "ConnectionClosed",
     "ConnectionConfig",
+    "ConnectionGroup",
     "ConnectionRejected",
     "ConnectionState",
     "ConnectionStatistics",
     "ErrorKind",
     "FailureInfo",
+    "GroupStatistics",
     "Heartbeat",
     "HeartbeatTimeout",
     "InvalidTransition",
@@ -46,4 +49,5 @@ __all__ = [
     "classify",
     "configure_logging",
     "open_connection",
+    "open_connection_group",
 ]

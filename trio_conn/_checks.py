@@ -53,8 +53,9 @@ def check_async_callable(name: str, fn: object) -> None:
             target = inspect.unwrap(target)
         else:
             break
-    if (inspect.isfunction(target) or inspect.ismethod(target)) and not (
-        inspect.iscoroutinefunction(target)
+    if inspect.isbuiltin(target) or (
+        (inspect.isfunction(target) or inspect.ismethod(target))
+        and not inspect.iscoroutinefunction(target)
     ):
         raise TypeError(
             f"{name} must be an async function (async def), got the plain function "

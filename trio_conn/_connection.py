@@ -13,14 +13,15 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import NoReturn
 
 import trio
 
+from ._admission import Admission
 from ._checks import check_async_callable, check_sync_callable
 from ._config import ConnectionConfig
 from ._events import ConnectionEvents
-from ._exceptions import ConnectionClosed, NotConnected, leaves
+from ._exception_groups import holds_only, reraise
+from ._exceptions import ConnectionClosed, NotConnected
 from ._heartbeat import Heartbeat, PingHeartbeat
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
 from ._redact import redact_url
@@ -58,6 +59,7 @@ class ManagedConnection:
         open_stream: StreamOpener | None,
         subprotocols: Sequence[str] = (),
         compression: str | None = "deflate",
+        admission: Admission | None = None,
     ) -> None:
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         target = parse_url(url, shown)
@@ -111,6 +113,7 @@ class ManagedConnection:
             events,
             on_failed=on_failed,
             on_transition=on_transition,
+            admission=admission,
         )
 
     @property
@@ -286,6 +289,19 @@ class ManagedConnection:
             await supervisor.control.wait_changed()
 
 
+def supervisor_of(conn: ManagedConnection) -> Supervisor:
+    """The supervisor that runs ``conn`` (for open_connection and the group)."""
+    return conn._supervisor
+
+
+async def close_within_bound(conn: ManagedConnection, reason: str) -> None:
+    """Close ``conn`` gracefully, shielded, within ``close_timeout`` (plus a margin
+    for the tasks' own cleanup); past it, end its supervisor anyway (CLOSED)."""
+    with trio.move_on_after(conn.config.close_timeout + 1.0, shield=True):
+        await conn._close(reason)
+    conn._supervisor.scope.cancel()
+
+
 @asynccontextmanager
 async def open_connection(
     url: str,
@@ -384,36 +400,11 @@ async def open_connection(
                 user_error = exc
                 raise
             finally:
-                # Bounded: the graceful close is bounded by close_timeout; the
-                # margin covers the tasks' own cleanup.
-                with trio.move_on_after(conn.config.close_timeout + 1.0, shield=True):
-                    await conn._close("closed by the application")
-                supervisor.scope.cancel()  # past its bound: end it anyway (CLOSED)
+                await close_within_bound(conn, "closed by the application")
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        if user_error is not None and _only(user_error, group):
-            _reraise(user_error)
+        if user_error is not None and holds_only(user_error, group):
+            reraise(user_error)
         raise
     finally:
         supervisor.events.forget_secrets()  # CLOSED: no event of this connection follows
-
-
-def _only(error: BaseException, group: BaseExceptionGroup[BaseException]) -> bool:
-    """Whether ``group`` holds ``error`` and cancellations only.
-
-    Compared leaf by leaf: a group the application raised comes back derived
-    (Trio splits the cancellations out of it), with the same leaves.
-    """
-    mine = [leaf for leaf in leaves(error) if not isinstance(leaf, trio.Cancelled)]
-    found = [leaf for leaf in leaves(group) if not isinstance(leaf, trio.Cancelled)]
-    return len(found) == len(mine) and all(a is b for a, b in zip(found, mine, strict=True))
-
-
-def _reraise(error: BaseException) -> NoReturn:
-    """Raise ``error`` keeping its own context, not the group it was found in."""
-    context = error.__context__
-    try:
-        raise error
-    finally:
-        error.__context__ = context
-        del error, context

@@ -34,6 +34,11 @@ Rules of the house:
   Which wins: close > disconnect > (reset, hook refresh) > connect. A stop
   clears every other request; a reset pending while the hook runs is used
   up when FAILED is left, never kept for a later stay.
+- With an :class:`~trio_conn._admission.Admission` (a group's), every
+  attempt first takes a slot from it, waiting in the state it starts from
+  (DISCONNECTED with a connect requested, or RECONNECTING); the CONNECTING
+  record's reason then says how long admission held it. A stop gives up the
+  wait.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ._admission import Admission
 from ._config import ConnectionConfig
 from ._policy import ErrorKind, FailureDetails
 from ._records import (
@@ -79,12 +85,17 @@ class Lifecycle:
     :param config: the connection's :class:`ConnectionConfig`.
     :param now: the clock reading at creation (the driver's clock, seconds).
     :param has_hook: whether an ``on_failed`` hook exists.
+    :param admission: the group's admission control, shared by its members;
+        None (default): attempts start when due.
 
     Every method that takes ``now`` refuses a reading earlier than the last
     one (``ValueError``): the clock must be monotonic.
     """
 
     __slots__ = (
+        "_admission",
+        "_admitted_at",
+        "_admitting_since",
         "_attempts",
         "_config",
         "_connect_requested",
@@ -104,8 +115,19 @@ class Lifecycle:
         "_total_failures",
     )
 
-    def __init__(self, config: ConnectionConfig, *, now: float, has_hook: bool) -> None:
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        *,
+        now: float,
+        has_hook: bool,
+        admission: Admission | None = None,
+    ) -> None:
         self._config = config
+        self._admission = admission
+        # The slot reserved for the attempt now due, and since when it waits.
+        self._admitted_at: float | None = None
+        self._admitting_since = 0.0
         self._has_hook = has_hook
         self._now = now
         self._machine = StateMachine(self._clock)
@@ -178,7 +200,8 @@ class Lifecycle:
         during an attempt's immediate start), the next probe in FAILED."""
         state = self.state
         if state is S.RECONNECTING and math.isfinite(self._retry_at):
-            return self._retry_at
+            admitted = self._admitted_at
+            return self._retry_at if admitted is None else max(admitted, self._retry_at)
         if state is S.FAILED:
             return self._probe_at
         return None
@@ -264,6 +287,7 @@ class Lifecycle:
             self._probing = False
             self._retry_at = math.inf
             self._hook_due = self._probe_at = None
+            self._admitted_at = None  # the slot is given up
             if self._stable(now):
                 self._failures = 0
             self._move(records, stop.target, stop.reason)
@@ -273,13 +297,14 @@ class Lifecycle:
         if state is S.DISCONNECTED:
             if not self._connect_requested:
                 return Step(tuple(records), _FOREVER)
+            held = self._admit(now)
+            if held is not None:
+                return Step(tuple(records), held)
             self._connect_requested = False
             self._failures = 0  # a fresh start
             return self._connect(records, "connect requested")
         if state is S.RECONNECTING:
-            if now >= self._retry_at:
-                return self._connect(records, self._retry_reason)
-            return Step(tuple(records), Wait(self._retry_at))
+            return self._retry_when_due(records, now)
         if state is S.FAILED:
             return self._in_failed(records, now)
         raise RuntimeError(f"next_action while {state}: report session_ended first")
@@ -290,8 +315,7 @@ class Lifecycle:
             self._leave_failed = None
             self._failures = 0
             self._hook_due = self._probe_at = None
-            self._move(records, S.RECONNECTING, reason)
-            return self._connect(records, reason)
+            return self._retry_now(records, now, reason)
         hook_due, probe_at = self._hook_due, self._probe_at
         if hook_due is not None and (probe_at is None or hook_due <= probe_at):
             if now < hook_due:
@@ -306,8 +330,34 @@ class Lifecycle:
         self._hook_due = self._probe_at = None  # a hook not yet due is not owed any more
         self._probing = True
         reason = f"probe after {round(self._machine.time_in_state(now), 1):g} s in failed"
+        return self._retry_now(records, now, reason)
+
+    def _retry_now(self, records: list[Record], now: float, reason: str) -> Step:
+        """FAILED -> RECONNECTING, and an attempt as soon as admission allows."""
         self._move(records, S.RECONNECTING, reason)
-        return self._connect(records, reason)
+        self._retry_at, self._retry_reason = now, reason
+        return self._retry_when_due(records, now)
+
+    def _retry_when_due(self, records: list[Record], now: float) -> Step:
+        if now < self._retry_at:
+            return Step(tuple(records), Wait(self._retry_at))
+        held = self._admit(now)
+        if held is not None:
+            return Step(tuple(records), held)
+        return self._connect(records, self._retry_reason)
+
+    def _admit(self, now: float) -> Wait | None:
+        """Take an admission slot for the attempt now due: None once it may start."""
+        admission = self._admission
+        if admission is None:
+            return None
+        slot = self._admitted_at
+        if slot is None:
+            slot = self._admitted_at = admission.reserve(now)
+            self._admitting_since = now
+        if now < slot:
+            return Wait(slot)
+        return None
 
     def connected(self, now: float) -> tuple[Record, ...]:
         """The handshake and ``on_connect`` succeeded: CONNECTING -> CONNECTED."""
@@ -419,6 +469,11 @@ class Lifecycle:
 
     def _connect(self, records: list[Record], reason: str) -> Step:
         self._retry_at = math.inf
+        if self._admitted_at is not None:
+            held = self._now - self._admitting_since
+            self._admitted_at = None
+            if held > 0:
+                reason = f"{reason}; admitted after {round(held, 3):g} s"
         self._move(records, S.CONNECTING, reason)
         return Step(tuple(records), _CONNECT)
 

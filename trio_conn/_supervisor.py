@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ._admission import Admission
 from ._events import ConnectionEvents
 from ._lifecycle import Lifecycle
 from ._mailbox import Mailbox
@@ -80,12 +81,18 @@ class Supervisor:
         *,
         on_failed: OnFailed | None,
         on_transition: OnTransition | None,
+        admission: Admission | None = None,
     ) -> None:
         self._spec = spec
         self._events = events
         self._on_failed = on_failed
         self._on_transition = on_transition
-        self._life = Lifecycle(spec.config, now=trio.current_time(), has_hook=on_failed is not None)
+        self._life = Lifecycle(
+            spec.config,
+            now=trio.current_time(),
+            has_hook=on_failed is not None,
+            admission=admission,
+        )
         self._nursery: trio.Nursery | None = None
         # Set when a state is next entered; made only for states waited for.
         self._entered: dict[ConnectionState, trio.Event] = {}

@@ -1,0 +1,106 @@
+"""Admission control alone (a float clock, no Trio), and the lifecycle's use of it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_conn import ConnectionConfig, ConnectionState, RetryPolicy, TransitionRecord
+from trio_conn._admission import Admission
+from trio_conn._lifecycle import Lifecycle
+from trio_conn._policy import ErrorKind, FailureDetails
+from trio_conn._records import Connect, Wait
+
+S = ConnectionState
+
+
+@given(
+    rate=st.floats(min_value=0.5, max_value=1000.0),
+    burst=st.integers(min_value=1, max_value=50),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=300),
+)
+def test_starts_never_exceed_the_rate_after_the_burst(
+    rate: float, burst: int, gaps: list[float]
+) -> None:
+    """For requests at any times: each start is at or after its request, starts
+    keep the order of requests, and any window of w seconds holds at most
+    burst + rate * w starts."""
+    admission = Admission(rate, burst)
+    now, starts = 0.0, []
+    for gap in gaps:
+        now += gap
+        start = admission.reserve(now)
+        assert start >= now
+        starts.append(start)
+    assert starts == sorted(starts)
+    for i, first in enumerate(starts):
+        for j in range(i, len(starts)):
+            window = starts[j] - first
+            assert j - i + 1 <= burst + rate * window + 1e-6
+
+
+def test_a_full_bucket_admits_the_burst_at_once_then_one_per_interval() -> None:
+    admission = Admission(10.0, 3)
+    assert [admission.reserve(5.0) for _ in range(5)] == pytest.approx([5.0, 5.0, 5.0, 5.1, 5.2])
+    assert admission.backlog(5.0) == pytest.approx(0.3)
+    assert admission.reserve(100.0) == 100.0  # refilled after a quiet spell
+    assert admission.backlog(100.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "error", "match"),
+    [
+        (0.0, 1, ValueError, "finite number > 0"),
+        (-1.0, 1, ValueError, "finite number > 0"),
+        (math.inf, 1, ValueError, "finite number > 0"),
+        ("10", 1, TypeError, "must be a number"),
+        (10.0, 0, ValueError, "attempt_burst must be >= 1"),
+        (10.0, True, TypeError, "attempt_burst must be an int"),
+    ],
+)
+def test_bad_limits_are_refused(
+    rate: object, burst: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Admission(rate, burst)  # type: ignore[arg-type]
+
+
+def _transitions(records: tuple[object, ...]) -> list[TransitionRecord]:
+    return [r for r in records if isinstance(r, TransitionRecord)]
+
+
+def test_the_lifecycle_waits_for_admission_in_the_state_it_starts_from() -> None:
+    """A first connect waits in DISCONNECTED, a retry in RECONNECTING; the
+    CONNECTING record says how long admission held it; a stop gives it up."""
+    admission = Admission(1.0, 1)
+    config = ConnectionConfig(retry=RetryPolicy(jitter=0.0))
+    first = Lifecycle(config, now=0.0, has_hook=False, admission=admission)
+    second = Lifecycle(config, now=0.0, has_hook=False, admission=admission)
+    assert isinstance(first.next_action(0.0).action, Connect)
+    step = second.next_action(0.0)
+    assert step.action == Wait(1.0)
+    assert step.records == ()
+    assert second.state is S.DISCONNECTED
+    step = second.next_action(1.0)
+    assert isinstance(step.action, Connect)
+    (record,) = _transitions(step.records)
+    assert record.reason == "connect requested; admitted after 1 s"
+
+    refused = FailureDetails(ErrorKind.NETWORK, ConnectionRefusedError(111, "refused"))
+    first.session_ended(0.5, refused, "during the handshake")
+    assert first.state is S.RECONNECTING
+    retry_at = first.next_retry_at()
+    assert retry_at is not None
+    admission.reserve(retry_at)  # another member takes the slot the retry falls due in
+    step = first.next_action(retry_at)
+    assert isinstance(step.action, Wait)
+    assert step.action.until == pytest.approx(retry_at + 1.0)
+    assert first.state is S.RECONNECTING
+    assert first.next_retry_at() == step.action.until
+    first.request_stop(S.DISCONNECTED, "disconnect requested")
+    step = first.next_action(retry_at + 0.5)
+    assert first.state is S.DISCONNECTED
+    assert step.action == Wait(math.inf)

@@ -1,0 +1,512 @@
+"""Connection groups: add, remove, restart by key; isolation; closing; admission.
+
+Every test runs on the autojump clock over the fault server's memory
+streams, so a storm of a thousand members runs in virtual time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_conn import (
+    ConnectionConfig,
+    ConnectionState,
+    FailureInfo,
+    ManagedConnection,
+    RetryPolicy,
+    Session,
+    TransitionRecord,
+    open_connection_group,
+)
+from trio_conn.testing import FaultServer, open_fault_server
+
+S = ConnectionState
+NO_JITTER = RetryPolicy(jitter=0.0)
+QUICK = ConnectionConfig(heartbeat_interval=1.0, heartbeat_timeout=1.0, retry=NO_JITTER)
+
+
+def tasks_below(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            yield child
+            yield from tasks_below(child)
+
+
+def library_tasks() -> list[str]:
+    """Names of the tasks of trio_conn still running (the fault server's excepted)."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return [
+        task.name
+        for task in tasks_below(root)
+        if task.name.startswith("trio_conn") and not task.name.startswith("trio_conn.testing")
+    ]
+
+
+def server_connection_for(server: FaultServer, key: str) -> list[Any]:
+    return [c for c in server.connections if c.header("x-account") == key]
+
+
+async def test_members_are_added_read_by_their_handlers_and_removed_alone(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    received: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+
+    def handler_for(key: str) -> Any:
+        async def handler(conn: ManagedConnection) -> None:
+            async for message in conn:
+                received[key].append(str(message))
+
+        return handler
+
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream, config=QUICK) as group,
+    ):
+        for key in received:
+            conn = await group.add(
+                key, server.url, headers=[("X-Account", key)], handler=handler_for(key)
+            )
+            assert group[key] is conn
+            assert conn.name == key
+        assert sorted(group) == ["a", "b", "c"]
+        assert len(group) == 3
+        assert "b" in group
+        for key in received:
+            await group[key].wait_for_state(S.CONNECTED)
+        await server.push("hello")
+        await trio.testing.wait_all_tasks_blocked()
+        assert received == {"a": ["hello"], "b": ["hello"], "c": ["hello"]}
+
+        removed = group["b"]
+        await group.remove("b")
+        assert removed.state is S.CLOSED
+        assert "b" not in group
+        assert len(group) == 2
+        (b_side,) = server_connection_for(server, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (b_side.open, b_side.close_code) == (False, 1000)  # a close frame, answered
+        assert not [name for name in library_tasks() if name.endswith(" b")]
+
+        await server.push("after")
+        await trio.testing.wait_all_tasks_blocked()
+        assert received["a"] == received["c"] == ["hello", "after"]
+        assert received["b"] == ["hello"]
+        assert {group[key].state for key in group} == {S.CONNECTED}
+    assert {e["conn_id"] for e in events if e["event"] == "connection.state_changed"} == {
+        "a",
+        "b",
+        "c",
+    }
+
+
+async def test_a_key_twice_or_a_missing_key_is_a_clear_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+        await group.add("a", server.url)
+        with pytest.raises(KeyError, match=r"'a' is already a member.*restart"):
+            await group.add("a", server.url)
+        with pytest.raises(KeyError, match="'z' is not a member"):
+            await group.remove("z")
+        with pytest.raises(KeyError, match=r"'z' is not a member.*add"):
+            await group.restart("z")
+        with pytest.raises(KeyError):
+            group["z"]
+        with pytest.raises(ValueError, match="1 to 200 printable characters"):
+            await group.add("", server.url)
+        with pytest.raises(ValueError, match="printable"):
+            await group.add("a\nb", server.url)
+        with pytest.raises(TypeError, match="key must be a str"):
+            await group.add(7, server.url)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="handler"):
+            await group.add("b", server.url, handler=print)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="url must start with ws:"):
+            await group.add("b", "http://example.test/")
+        assert list(group) == ["a"]  # nothing half-added
+        assert group["a"].state in (S.CONNECTING, S.CONNECTED)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"attempts_per_second": 0}, ValueError, "attempts_per_second must be a finite number > 0"),
+        ({"attempts_per_second": math.nan}, ValueError, "finite number > 0"),
+        ({"attempts_per_second": True}, TypeError, "attempts_per_second must be a number"),
+        ({"attempt_burst": 0}, ValueError, "attempt_burst must be >= 1"),
+        ({"attempt_burst": 1.5}, TypeError, "attempt_burst must be an int"),
+        ({"compression": "zstd"}, ValueError, "compression must be 'deflate'"),
+        ({"config": {}}, TypeError, "config must be a ConnectionConfig"),
+        ({"subprotocols": "chat"}, TypeError, "subprotocols must be a sequence"),
+    ],
+)
+async def test_bad_group_options_are_refused_at_opening(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        async with open_connection_group(**kwargs):
+            pytest.fail("the group opened")
+
+
+async def test_restart_replaces_a_member_with_no_window_and_never_two_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """New headers (rotated credentials) reach the server; while restart runs,
+    the key is always present, and the old WebSocket connection is closed
+    before the new one is opened."""
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream, config=QUICK) as group,
+    ):
+        old = await group.add("acct", server.url, headers=[("X-Account", "acct"), ("Cookie", "v1")])
+        await old.wait_for_state(S.CONNECTED)
+        seen_missing = 0
+        restarting = True
+        open_at_new_connect: list[int] = []
+
+        async def count_open(session: Session) -> None:
+            sides = server_connection_for(server, "acct")
+            open_at_new_connect.append(sum(side.open for side in sides))
+
+        async def watch() -> None:
+            nonlocal seen_missing
+            for _ in range(100_000):  # bounded; ends when the restart does
+                if not restarting:
+                    return
+                seen_missing += "acct" not in group
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            new = await group.restart(
+                "acct", headers=[("X-Account", "acct"), ("Cookie", "v2")], on_connect=count_open
+            )
+            restarting = False
+        assert seen_missing == 0
+        assert group["acct"] is new
+        assert new is not old
+        assert old.state is S.CLOSED
+        await new.wait_for_state(S.CONNECTED)
+        assert open_at_new_connect == [1]  # the new one's own: the old was closed first
+        first, second = server_connection_for(server, "acct")
+        assert (first.header("cookie"), second.header("cookie")) == ("v1", "v2")
+        assert first.close_code == 1000
+        assert not first.open
+        assert second.open
+        # The old one was closed before the new one's request arrived.
+        assert server.accepted == 2
+        assert server.open_connections == 1
+
+
+async def test_a_restart_with_a_bad_option_leaves_the_member_untouched(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+        conn = await group.add("a", server.url)
+        await conn.wait_for_state(S.CONNECTED)
+        with pytest.raises(ValueError, match="header"):
+            await group.restart("a", headers=[("X-Bad", "line\r\nbreak")])
+        assert group["a"] is conn
+        assert conn.state is S.CONNECTED
+        assert server.accepted == 1
+
+
+async def test_restart_during_a_reconnect_storm_and_during_on_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Members backing off from a dead server, one of them inside a slow
+    on_failed: restarting either ends the old member at once (the wait and
+    the hook are interrupted) and the new one connects when the server is back."""
+    hook_started = trio.Event()
+    hook_cancelled = False
+
+    async def slow_on_failed(info: FailureInfo) -> bool:
+        nonlocal hook_cancelled
+        hook_started.set()
+        try:
+            await trio.sleep(5.0)  # within connect_timeout
+        except trio.Cancelled:
+            hook_cancelled = True
+            raise
+        return False
+
+    config = ConnectionConfig(max_connection_failures=2, connect_timeout=10.0, retry=NO_JITTER)
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream, config=config) as group,
+    ):
+        patient = ConnectionConfig(max_connection_failures=100, retry=NO_JITTER)
+        for key in ("a", "b"):
+            await group.add(key, server.url, config=patient)
+        await group.add("c", server.url, on_failed=slow_on_failed)
+        for key in ("a", "b", "c"):
+            await group[key].wait_for_state(S.CONNECTED)
+        await server.stop()
+        await server.drop()
+        await group["a"].wait_for_state(S.RECONNECTING)
+        await hook_started.wait()
+        assert group["c"].state is S.FAILED
+
+        started = trio.current_time()
+        old_a = group["a"]
+        new_a = await group.restart("a")
+        old_c = group["c"]
+        new_c = await group.restart("c", on_failed=None)
+        assert trio.current_time() - started < 0.1  # nothing to wait for: no session
+        assert old_a.state is old_c.state is S.CLOSED
+        assert hook_cancelled
+        assert group["b"].state in (S.RECONNECTING, S.CONNECTING)
+
+        await server.start()
+        for conn in (new_a, group["b"], new_c):
+            with trio.fail_after(120):
+                await conn.wait_for_state(S.CONNECTED)
+
+
+async def test_a_members_failures_never_reach_the_others(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    """A raising on_transition, a raising on_connect and a raising handler each
+    harm only their own member: the handler's member is closed and stays in
+    the group, CLOSED; the others keep receiving."""
+    got: list[str] = []
+
+    def bad_transition(record: TransitionRecord) -> None:
+        raise RuntimeError("observer bug")
+
+    async def bad_on_connect(session: Session) -> None:
+        raise RuntimeError("init bug")
+
+    async def bad_handler(conn: ManagedConnection) -> None:
+        await conn.receive()
+        raise RuntimeError("handler bug")
+
+    async def good_handler(conn: ManagedConnection) -> None:
+        async for message in conn:
+            got.append(str(message))
+
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream, config=QUICK) as group,
+    ):
+        await group.add("observer", server.url, on_transition=bad_transition)
+        await group.add("init", server.url, on_connect=bad_on_connect)
+        await group.add("handler", server.url, handler=bad_handler)
+        await group.add("good", server.url, handler=good_handler)
+        for key in ("observer", "handler", "good"):
+            await group[key].wait_for_state(S.CONNECTED)
+        await server.push("one")
+        await group["handler"].wait_for_state(S.CLOSED)
+        await server.push("two")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == ["one", "two"]
+        assert group["good"].state is group["observer"].state is S.CONNECTED
+        assert group["init"].state in (S.RECONNECTING, S.CONNECTING)
+        assert "handler" in group
+        stats = group.statistics()
+        assert stats.by_state[S.CLOSED] == 1
+        assert stats.members == 4
+    failed = [e for e in events if e["event"] == "connection.hook_failed"]
+    assert {e["hook"] for e in failed} == {"on_transition", "handler"}
+    handler_failure = next(e for e in failed if e["hook"] == "handler")
+    assert handler_failure["conn_id"] == "handler"
+    closed = [
+        e
+        for e in events
+        if e["event"] == "connection.state_changed"
+        and e["conn_id"] == "handler"
+        and e["to_state"] == "closed"
+    ]
+    assert [e["reason"] for e in closed] == ["handler raised RuntimeError"]
+
+
+async def test_a_handler_that_removes_its_own_member_ends_cleanly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+
+        async def quit_on_bye(conn: ManagedConnection) -> None:
+            async for message in conn:
+                if message == "bye":
+                    await group.remove(conn.name)
+
+        conn = await group.add("a", server.url, handler=quit_on_bye)
+        await conn.wait_for_state(S.CONNECTED)
+        await server.push("bye")
+        await conn.wait_for_state(S.CLOSED)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "a" not in group
+        assert library_tasks() == []
+
+
+async def test_leaving_the_block_closes_members_in_every_state_within_the_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ConnectionConfig(
+        max_connection_failures=1, connect_timeout=30.0, close_timeout=2.0, retry=NO_JITTER
+    )
+    async with open_fault_server() as server, open_fault_server() as dead:
+        await dead.stop()
+        async with open_connection_group(config=config) as group:
+            connected = await group.add("connected", server.url, open_stream=server.open_stream)
+            disconnected = await group.add("disc", server.url, open_stream=server.open_stream)
+            await connected.wait_for_state(S.CONNECTED)
+            await disconnected.wait_for_state(S.CONNECTED)
+            await disconnected.disconnect()
+            server.hang_next()
+            await group.add("connecting", server.url, open_stream=server.open_stream)
+            await group.add(
+                "reconnecting",
+                dead.url,
+                open_stream=dead.open_stream,
+                config=ConnectionConfig(retry=NO_JITTER),
+            )
+            await group.add("failed", dead.url, open_stream=dead.open_stream)
+            await group["failed"].wait_for_state(S.FAILED)
+            await group["reconnecting"].wait_for_state(S.RECONNECTING)
+            server.freeze()  # the connected member's close frame is never answered
+            states = {key: group[key].state for key in group}
+            members = dict(group)
+            left_at = trio.current_time()
+        assert trio.current_time() - left_at <= config.close_timeout + 1.0
+        assert states == {
+            "connected": S.CONNECTED,
+            "disc": S.DISCONNECTED,
+            "connecting": S.CONNECTING,
+            "reconnecting": S.RECONNECTING,
+            "failed": S.FAILED,
+        }
+        assert {conn.state for conn in members.values()} == {S.CLOSED}
+        assert library_tasks() == []
+        server.thaw()
+        await server.wait_closed()
+        assert server.open_connections == 0
+
+
+async def test_add_after_the_group_began_closing_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fault_server() as server:
+        async with open_connection_group(open_stream=server.open_stream) as group:
+            await group.add("a", server.url)
+        with pytest.raises(trio.ClosedResourceError, match="closing"):
+            await group.add("b", server.url)
+        assert group["a"].state is S.CLOSED
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    members: list[ManagedConnection] = []
+
+    async def fail_inside(server: FaultServer) -> None:
+        async with open_connection_group(open_stream=server.open_stream) as group:
+            members.append(await group.add("a", server.url))
+            await members[0].wait_for_state(S.CONNECTED)
+            raise LookupError("mine")
+
+    async with open_fault_server() as server:
+        with pytest.raises(LookupError, match="mine"):
+            await fail_inside(server)
+        assert members[0].state is S.CLOSED
+
+
+async def test_statistics_count_members_by_state_and_list_the_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ConnectionConfig(max_connection_failures=1, retry=NO_JITTER)
+    async with open_fault_server() as server, open_fault_server() as dead:
+        await dead.stop()
+        async with open_connection_group(config=config) as group:
+            for key in ("up-1", "up-2"):
+                await group.add(key, server.url, open_stream=server.open_stream)
+            for key in ("down-2", "down-1"):
+                await group.add(key, dead.url, open_stream=dead.open_stream)
+            for key in group:
+                await group[key].wait_for_state(S.FAILED if "down" in key else S.CONNECTED)
+            stats = group.statistics()
+            assert stats.members == 4
+            assert dict(stats.by_state) == {
+                S.DISCONNECTED: 0,
+                S.CONNECTING: 0,
+                S.CONNECTED: 2,
+                S.RECONNECTING: 0,
+                S.FAILED: 2,
+                S.CLOSED: 0,
+            }
+            assert stats.failed == ("down-1", "down-2")
+            assert stats.attempts == 4
+            assert stats.total_failures == 2
+            with pytest.raises(TypeError):
+                stats.by_state[S.CLOSED] = 1  # type: ignore[index]
+            await group.remove("up-1")
+            assert group.statistics().members == 3
+            assert stats.members == 4
+
+
+async def test_admission_spreads_a_thousand_members_after_a_server_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every attempt, counted where it reaches the server, per virtual second:
+    never more than the rate plus the burst, at the first connect and after a
+    restart of the server; every member CONNECTED again in the end, and the
+    reason of each delayed attempt says how long admission held it."""
+    members, rate, burst = 1000, 100.0, 10
+    arrivals: list[float] = []
+    delayed = 0
+
+    def count(record: TransitionRecord) -> None:
+        nonlocal delayed
+        delayed += record.to_state is S.CONNECTING and "admitted after" in record.reason
+
+    async with open_fault_server() as server:
+
+        async def open_stream(host: str, port: int) -> trio.abc.Stream:
+            arrivals.append(trio.current_time())
+            return await server.open_stream(host, port)
+
+        config = ConnectionConfig(heartbeat_interval=30.0, stable_after=0.0)
+        async with open_connection_group(
+            attempts_per_second=rate, attempt_burst=burst, open_stream=open_stream, config=config
+        ) as group:
+            for index in range(members):
+                await group.add(f"m{index}", server.url, on_transition=count)
+            with trio.fail_after(members / rate + 5):
+                for key in group:
+                    await group[key].wait_for_state(S.CONNECTED)
+            first_wave = len(arrivals)
+            assert first_wave == members
+
+            await server.stop()
+            await server.drop()
+            await trio.sleep(20.0)  # an outage: members back off, admitted as they fall due
+            restart = trio.current_time()
+            await server.start()
+            with trio.fail_after(300):
+                for key in group:
+                    await group[key].wait_for_state(S.CONNECTED)
+            assert group.statistics().by_state[S.CONNECTED] == members
+
+    per_second = Counter(math.floor(at) for at in arrivals)
+    assert max(per_second.values()) <= rate + burst
+    after = [at for at in arrivals if at >= restart]
+    assert len(after) >= members
+    windows = Counter(math.floor(at - restart) for at in after)
+    assert max(windows.values()) <= rate + burst
+    assert delayed > members  # the first wave alone was held for all but the burst
