@@ -146,6 +146,7 @@ async def test_a_key_twice_or_a_missing_key_is_a_clear_error(
         ({"attempt_burst": 0}, ValueError, "attempt_burst must be >= 1"),
         ({"attempt_burst": 1.5}, TypeError, "attempt_burst must be an int"),
         ({"compression": "zstd"}, ValueError, "compression must be 'deflate'"),
+        ({"compression": True}, TypeError, "compression must be 'deflate' or None, got a bool"),
         ({"config": {}}, TypeError, "config must be a ConnectionConfig"),
         ({"subprotocols": "chat"}, TypeError, "subprotocols must be a sequence"),
     ],

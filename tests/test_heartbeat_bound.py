@@ -293,3 +293,44 @@ async def test_receive_in_a_beat_raises_a_clear_error_not_a_peers_close(
     assert failed.reason == "other: RuntimeError while connected"
     assert "on_connect only" in str(failed.error)
     assert "is_response()" in str(failed.error)
+
+
+def test_a_heartbeat_of_the_wrong_colour_is_refused_at_its_class_statement() -> None:
+    """An async is_response would answer a coroutine (truthy) for every message and
+    swallow them all; a plain beat could not be awaited."""
+    with pytest.raises(TypeError, match=r"is_response must be a plain method .* not async def"):
+
+        class AsyncReply(JsonPing):
+            async def is_response(self, message: str | bytes) -> bool:  # type: ignore[override]
+                return message == PONG_OP
+
+    with pytest.raises(TypeError, match="beat must be an async method"):
+
+        class PlainBeat(Heartbeat):
+            def beat(self, session: Session) -> None:  # type: ignore[override]
+                pass
+
+
+class AnswersNotABool(JsonPing):
+    def is_response(self, message: str | bytes) -> bool:
+        return "pong" if message == PONG_OP else ""  # type: ignore[return-value]
+
+
+async def test_an_is_response_that_answers_no_bool_delivers_the_message_and_says_so(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    async with open_fault_server() as server:
+        server.is_heartbeat = lambda message: message == PING_OP
+        server.heartbeat_reply = lambda message: PONG_OP
+        async with open_connection(
+            server.url, open_stream=server.open_stream, config=FAST, heartbeat=AnswersNotABool()
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            await trio.sleep(FAST.heartbeat_interval * 2)  # a beat and its reply
+            await server.push("data")
+            assert await conn.receive() == PONG_OP  # delivered, not swallowed
+            assert conn.state is S.CONNECTED
+    failed = [e for e in events if e["event"] == "connection.hook_failed"]
+    assert failed
+    assert failed[0]["hook"] == "heartbeat.is_response"
+    assert "must return a bool, returned str" in failed[0]["error_message"]

@@ -443,6 +443,7 @@ async def test_subprotocols_are_offered_and_the_choice_is_readable(
     ("kwargs", "match"),
     [
         ({"compression": "gzip"}, r"compression must be 'deflate' .* or None, got 'gzip'"),
+        ({"compression": True}, r"compression must be 'deflate' or None, got a bool"),
         ({"subprotocols": "chat"}, r"subprotocols must be a sequence of str"),
         ({"subprotocols": ["a b"]}, r"subprotocols\[0\] 'a b' is not an HTTP token"),
     ],

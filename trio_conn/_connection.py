@@ -25,7 +25,14 @@ from ._exceptions import ConnectionClosed, NotConnected
 from ._heartbeat import Heartbeat, PingHeartbeat
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
 from ._redact import redact_url
-from ._request import StreamOpener, check_headers, check_subprotocols, open_tcp, parse_url
+from ._request import (
+    StreamOpener,
+    check_compression,
+    check_headers,
+    check_subprotocols,
+    open_tcp,
+    parse_url,
+)
 from ._session import HeadersSource, SessionSpec
 from ._state import ConnectionState
 from ._supervisor import Supervisor
@@ -67,6 +74,9 @@ class ManagedConnection:
             raise TypeError(f"config must be a ConnectionConfig, got {type(config).__name__}")
         if heartbeat is not None and not isinstance(heartbeat, Heartbeat):
             raise TypeError(f"heartbeat must be a Heartbeat or None, got {heartbeat!r}")
+        if heartbeat is not None:
+            check_async_callable("heartbeat.beat", heartbeat.beat)
+            check_sync_callable("heartbeat.is_response", heartbeat.is_response)
         if ssl_context is not None:
             if not isinstance(ssl_context, ssl.SSLContext):
                 raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
@@ -84,11 +94,7 @@ class ManagedConnection:
             headers = check_headers(headers, "headers")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
-        if compression not in ("deflate", None):
-            raise ValueError(
-                f"compression must be 'deflate' (permessage-deflate, RFC 7692) or None, "
-                f"got {compression!r:.40}"
-            )
+        check_compression(compression)
 
         #: The connection id (``conn_id`` in every event).
         self.name = name or f"conn-{next(_names)}-{secrets.token_hex(3)}"

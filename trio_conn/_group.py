@@ -50,7 +50,7 @@ from ._membership import (
     check_key,
 )
 from ._records import FailureInfo, FrozenMap, TransitionRecord
-from ._request import StreamOpener, check_subprotocols
+from ._request import StreamOpener, check_compression, check_subprotocols
 from ._session import HeadersSource
 from ._state import ConnectionState
 from ._transport import Session
@@ -434,11 +434,7 @@ async def open_connection_group(
         raise TypeError(f"heartbeat must be a Heartbeat or None, got {heartbeat!r:.60}")
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r:.60}")
-    if compression not in ("deflate", None):
-        raise ValueError(
-            f"compression must be 'deflate' (permessage-deflate, RFC 7692) or None, "
-            f"got {compression!r:.40}"
-        )
+    check_compression(compression)
     check_async_callable("open_stream", open_stream)
     defaults: dict[str, Any] = {
         "config": config if config is not None else ConnectionConfig(),

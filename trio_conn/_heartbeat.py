@@ -33,6 +33,7 @@ which takes it as its own: it is a byte from the peer either way.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable
 
 import trio
@@ -68,6 +69,15 @@ class Heartbeat(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        # The wrong colour shows at the class statement, not as lost messages.
+        if "is_response" in own and inspect.iscoroutinefunction(own["is_response"]):
+            raise TypeError(
+                f"{cls.__qualname__}.is_response must be a plain method returning a bool, "
+                "not async def (it is called for every message received)"
+            )
+        if "beat" in own and not inspect.iscoroutinefunction(own["beat"]):
+            raise TypeError(f"{cls.__qualname__}.beat must be an async method (async def)")
         if "replies_are_messages" not in vars(cls) and "is_response" in vars(cls):
             cls.replies_are_messages = True  # overriding is_response is enough
 

@@ -153,3 +153,21 @@ def check_subprotocols(subprotocols: object) -> tuple[str, ...]:
 async def open_tcp(host: str, port: int) -> trio.abc.Stream:
     """The default :data:`StreamOpener`: a TCP connection."""
     return await trio.open_tcp_stream(host, port)
+
+
+def check_compression(compression: object) -> bool:
+    """Validate ``compression``: whether permessage-deflate (RFC 7692) is offered.
+
+    :raises TypeError: neither a str nor None.
+    :raises ValueError: a str other than ``"deflate"``.
+    """
+    if compression is not None and not isinstance(compression, str):
+        raise TypeError(
+            f"compression must be 'deflate' or None, got a {type(compression).__name__}"
+        )
+    if compression not in ("deflate", None):
+        raise ValueError(
+            f"compression must be 'deflate' (permessage-deflate, RFC 7692) or None, "
+            f"got {compression!r:.40}"
+        )
+    return compression is not None

@@ -17,6 +17,7 @@ is closed: at most one stream is open per connection.
 
 from __future__ import annotations
 
+import inspect
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -352,10 +353,24 @@ class _Live:
 
     def _is_reply(self, heartbeat: Heartbeat, message: Data) -> bool:
         try:
-            return heartbeat.is_response(message)
+            answer = heartbeat.is_response(message)
         except Exception as exc:
             self._events.hook_failed(hook="heartbeat.is_response", error=exc)
             return False
+        if answer is True or answer is False:
+            return answer
+        # Only a bool is an answer: anything else (a coroutine from an async
+        # def slipped past the check, a truthy object) would swallow messages.
+        if inspect.iscoroutine(answer):
+            answer.close()
+        self._events.hook_failed(
+            hook="heartbeat.is_response",
+            error=TypeError(
+                f"is_response must return a bool, returned {type(answer).__name__}; "
+                "the message is delivered"
+            ),
+        )
+        return False
 
 
 async def _run_heartbeat(
