@@ -1,6 +1,15 @@
-"""The library's exceptions. Imports no Trio, so the sans-IO core can use them."""
+"""The library's exceptions. Imports no Trio, so the sans-IO core can use them.
+
+What a peer sent (a close reason, a response body) never appears in a
+``repr()``: records and statistics are printed by applications, long after
+the connection's secrets were forgotten. ``str()`` of a :class:`ConnectionClosed`
+carries the reason scrubbed of the secrets registered when it was built (the
+connection is alive then).
+"""
 
 from __future__ import annotations
+
+from ._secrets import SECRETS
 
 
 class TrioConnError(Exception):
@@ -42,16 +51,23 @@ class ConnectionClosed(TrioConnError):
     :ivar code: the close code (RFC 6455 section 7.4): the peer's, or the one
         the client closed with (1009 for an oversized message, 1002 for a
         protocol error), 1006 when no close frame was exchanged.
-    :ivar reason: the close frame's reason text, or None.
+    :ivar reason: the close frame's reason text, or None: the peer's words,
+        raw (a server may echo a token in it). The message, ``str()``, carries
+        it scrubbed; ``repr()`` leaves it out.
     """
 
     def __init__(self, code: int, reason: str | None = None) -> None:
         text = f"WebSocket connection closed with code {code}"
         if reason:
-            text += f": {reason}"
+            # Scrubbed now: the connection's secrets are registered while it
+            # builds this, and forgotten once it is closed.
+            text += f": {SECRETS.scrub(reason)}"
         super().__init__(text)
         self.code = code
         self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"ConnectionClosed(code={self.code!r})"
 
 
 class ConnectionRejected(TrioConnError):
@@ -68,6 +84,9 @@ class ConnectionRejected(TrioConnError):
         self.status_code = status_code
         self.headers = headers
         self.body = body
+
+    def __repr__(self) -> str:
+        return f"ConnectionRejected(status_code={self.status_code!r})"
 
 
 class HeartbeatTimeout(TrioConnError):

@@ -6,16 +6,54 @@ is fed from these records, built once by ``trio_conn/_lifecycle.py``: what a
 log line says and what a hook receives cannot disagree. Nothing here imports
 Trio. Clock readings are seconds on the driver's clock (``trio.current_time()``
 under a Trio run: monotonic, virtual under a ``MockClock``).
+
+A record's ``repr()`` (what ``print(record)`` and an application's own log
+line show) gives its exception as :func:`shown_error` does: a peer's close
+reason or body never, any other message scrubbed when the record was built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
+from ._exceptions import TrioConnError
 from ._policy import ErrorKind
+from ._redact import error_message, error_type_name
 from ._state import ConnectionState
+
+
+def shown_error(error: BaseException | None) -> str | None:
+    """How a record's ``repr()`` shows its exception: never the peer's words raw.
+
+    The library's own exceptions show their ``repr`` (a close code, an HTTP
+    status: no reason, no body); any other shows its type and its message,
+    scrubbed and cut (trio_conn/_redact.py). Called when the record is built,
+    while the connection's secrets are registered: a record printed after the
+    connection closed would find none to scrub. Never raises.
+    """
+    if error is None:
+        return None
+    if isinstance(error, TrioConnError):
+        try:
+            return repr(error)
+        except Exception:  # a subclass's repr that fails: its type says enough
+            return error_type_name(type(error))
+    return f"{error_type_name(type(error))}({error_message(error)!r})"
+
+
+def _safe_repr(record: Any, shown: str | None) -> str:
+    """A record's ``repr()`` with ``error`` as :func:`shown_error` built it (``shown``)."""
+    items = []
+    for item in fields(record):
+        if not item.repr:
+            continue
+        if item.name == "error":
+            items.append(f"error={'None' if shown is None else shown}")
+        else:
+            items.append(f"{item.name}={getattr(record, item.name)!r}")
+    return f"{type(record).__name__}({', '.join(items)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +92,14 @@ class TransitionRecord:
     #: Seconds slept in RECONNECTING before the next attempt; None on a move
     #: to FAILED and on any move without a sleep.
     retry_in: float | None = None
+    # ``error`` as repr() shows it, fixed when the record is built.
+    _error_shown: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_error_shown", shown_error(self.error))
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, self._error_shown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +118,14 @@ class RecoveryRecord:
     error: BaseException | None = None
     #: Why it counts as a failure when there is no exception (e.g. a non-bool).
     detail: str | None = None
+    # ``error`` as repr() shows it, fixed when the record is built.
+    _error_shown: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_error_shown", shown_error(self.error))
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, self._error_shown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +142,14 @@ class FailureInfo:
     close_code: int | None = None
     #: The HTTP status of the last rejected handshake, if it was rejected.
     status_code: int | None = None
+    # ``error`` as repr() shows it, fixed when the record is built.
+    _error_shown: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_error_shown", shown_error(self.error))
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, self._error_shown)
 
 
 K = TypeVar("K")
