@@ -1,4 +1,4 @@
-"""Secrets never reach an observer: records printed.
+"""Secrets never reach an observer: records printed, records of the stdlib route, bound fields.
 
 An application prints what ``on_transition`` and ``on_failed`` receive, logs
 them with its own logging, binds whatever it likes to a connection: none of
@@ -8,9 +8,17 @@ are gone.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import pytest
+import structlog
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
+from tests.test_routing import Records
 from trio_conn import (
     ConnectionClosed,
     ConnectionConfig,
@@ -18,6 +26,7 @@ from trio_conn import (
     ConnectionState,
     FailureInfo,
     RecoveryRecord,
+    RetryPolicy,
     TransitionRecord,
     open_connection,
 )
@@ -26,6 +35,21 @@ from trio_conn.testing import open_fault_server
 
 S = ConnectionState
 TOKEN = "tok_LIVE_9f8e7d6c5b4a"
+
+
+class Pair(NamedTuple):
+    name: str
+    value: str
+
+
+class Holder:
+    """An object whose repr shows what it holds, as many do."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"Holder(secret={self.secret!r})"
 
 
 # --- records, printed after the connection is gone ---------------------------------------
@@ -89,3 +113,72 @@ def test_a_record_scrubs_an_exception_message_when_it_is_built() -> None:
     assert repr(rejected) == "ConnectionRejected(status_code=401)"
     info = FailureInfo(1, "rejected", rejected, status_code=401)  # type: ignore[arg-type]
     assert TOKEN not in repr(info)
+
+
+# --- the stdlib route and an application's own pipeline -----------------------------------
+
+
+@pytest.fixture
+def stdlib_records() -> Iterator[list[logging.LogRecord]]:
+    handler = Records()
+    logger = logging.getLogger("trio_conn")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(saved)
+
+
+def nested_values() -> dict[str, Any]:
+    return {
+        "request": {"auth": f"Bearer {TOKEN}", (1, TOKEN): [TOKEN]},
+        "tokens": [TOKEN, (TOKEN,), {TOKEN}],
+        "pair": Pair("key", TOKEN),
+        "holder": Holder(TOKEN),
+    }
+
+
+async def test_context_and_bound_values_of_any_type_reach_stdlib_records_scrubbed(
+    autojump_clock: trio.testing.MockClock, stdlib_records: list[logging.LogRecord]
+) -> None:
+    assert not structlog.is_configured()
+    structlog.contextvars.bind_contextvars(auth_header=f"Bearer {TOKEN}", ctx=nested_values())
+    async with (
+        open_fault_server() as server,
+        open_connection(
+            server.url,
+            open_stream=server.open_stream,
+            headers=[("Authorization", f"Bearer {TOKEN}")],
+            heartbeat=None,
+            config=ConnectionConfig(retry=RetryPolicy(jitter=0.0)),
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        conn.bind(**nested_values())
+        await server.drop()
+        await conn.wait_for_state(S.CONNECTED)
+    assert len(stdlib_records) >= 5
+    for record in stdlib_records:
+        assert TOKEN not in repr(record.__dict__)
+    last = stdlib_records[-1].__dict__
+    assert last["auth_header"] == "Bearer REDACTED"
+    assert last["request"] == {"auth": "Bearer REDACTED", (1, "REDACTED"): ["REDACTED"]}
+    assert last["tokens"] == ["REDACTED", ("REDACTED",), {"REDACTED"}]
+    assert last["pair"] == ("key", "REDACTED")
+    assert last["holder"] == "Holder(secret='REDACTED')"
+    assert last["ctx"]["holder"] == "Holder(secret='REDACTED')"
+
+
+def test_bound_values_of_any_type_reach_an_application_pipeline_scrubbed() -> None:
+    events = ConnectionEvents("c", f"ws://127.0.0.1:1/?key={TOKEN}")
+    events.bind(nested_values() | {"plain": Holder("nothing secret")})
+    try:
+        with capture_logs() as logs:
+            events.heartbeat_missed(misses=1, max_misses=3, timeout=1.0)
+    finally:
+        events.forget_secrets()
+    (entry,) = logs
+    assert TOKEN not in repr(entry)
+    assert entry["request"]["auth"] == "Bearer REDACTED"
+    assert isinstance(entry["plain"], Holder)  # nothing to hide: the object itself

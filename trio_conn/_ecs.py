@@ -41,7 +41,7 @@ from typing import Any, cast
 import ecs_logging
 from structlog.typing import EventDict, WrappedLogger
 
-from ._events import EVENT_NAMES, HEARTBEAT_MISSED, HOOK_FAILED, STATE_CHANGED, sentence
+from ._vocabulary import EVENT_NAMES, HEARTBEAT_MISSED, HOOK_FAILED, STATE_CHANGED, sentence
 
 ECS_VERSION = "8.11.0"
 

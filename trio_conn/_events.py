@@ -36,34 +36,34 @@ import functools
 import logging
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Concatenate, ParamSpec, TextIO
 
 import structlog
 
 from ._records import RecoveryRecord, TransitionRecord
-from ._redact import error_message, error_type_name, header_secrets, redact_url, url_secrets
+from ._redact import (
+    error_message,
+    error_type_name,
+    header_secrets,
+    redact_url,
+    scrub_value,
+    url_secrets,
+)
 from ._secrets import SECRETS
 from ._state import ConnectionState
+from ._vocabulary import (
+    HEARTBEAT_MISSED,
+    HOOK_FAILED,
+    LIBRARY_FIELDS,
+    RECOVERY,
+    STATE_CHANGED,
+    STATE_STUCK,
+    sentence,
+)
 
 P = ParamSpec("P")
 
-STATE_CHANGED = "connection.state_changed"
-HEARTBEAT_MISSED = "connection.heartbeat_missed"
-STATE_STUCK = "connection.state_stuck"
-RECOVERY = "connection.recovery"
-HOOK_FAILED = "connection.hook_failed"
-EVENT_NAMES = frozenset({STATE_CHANGED, HEARTBEAT_MISSED, STATE_STUCK, RECOVERY, HOOK_FAILED})
-#: Every field a library event can carry. The console shows the sentence
-#: instead (the JSON formats carry them all).
-LIBRARY_FIELDS = frozenset(
-    {
-        "conn_id", "url", "from_state", "to_state", "reason", "duration_s",
-        "consecutive_failures", "attempt", "error_kind", "error_type", "error_message",
-        "close_code", "status_code", "retry_in_s", "outcome", "misses", "max_misses",
-        "timeout", "state", "seconds", "limit", "hook", "detail",
-    }
-)  # fmt: skip
 #: How many attempts' header values a connection keeps registered as secrets
 #: (a ``headers()`` callable may mint a fresh token per attempt).
 ATTEMPTS_KEPT = 3
@@ -90,45 +90,6 @@ def _sink_scrubs() -> bool:
     """Whether structlog's configured pipeline is one ``configure_logging`` built."""
     processors = structlog.get_config()["processors"]
     return any(getattr(processor, SINK_ATTRIBUTE, False) for processor in processors)
-
-
-def _seconds(value: Any) -> str:
-    """12.5 -> "12.5", 3.0 -> "3", 0.0004 -> "0": millisecond precision for a sentence."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:.3f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
-def sentence(name: str, ev: Mapping[str, Any]) -> str:
-    """One sentence a person reads for a library event (ECS ``message``, stdlib records)."""
-    conn = f"connection {ev.get('conn_id', '?')}"
-    error = f"{ev['error_type']}: {ev.get('error_message', '')}" if "error_type" in ev else None
-    if name == STATE_CHANGED:
-        text = (
-            f"{conn} moved from {ev.get('from_state')} to {ev.get('to_state')} after "
-            f"{_seconds(ev.get('duration_s'))} s: {ev.get('reason')}"
-        )
-        if "retry_in_s" in ev:
-            text += f"; next attempt in {_seconds(ev['retry_in_s'])} s"
-        return text
-    if name == HEARTBEAT_MISSED:
-        return (
-            f"{conn} missed heartbeat {ev.get('misses')} of {ev.get('max_misses')} "
-            f"(no reply within {_seconds(ev.get('timeout'))} s)"
-        )
-    if name == STATE_STUCK:
-        return (
-            f"{conn} has been {ev.get('state')} for {_seconds(ev.get('seconds'))} s "
-            f"(limit {_seconds(ev.get('limit'))} s)"
-        )
-    if name == RECOVERY:
-        verb = "succeeded" if ev.get("outcome") == "success" else "failed"
-        text = f"{conn} recovery hook {verb} after {_seconds(ev.get('duration_s'))} s"
-        for extra in (ev.get("detail"), error):
-            if extra:
-                text += f": {extra}"
-        return text
-    return f"{conn}: {ev.get('hook')} hook raised {error}; ignored"
 
 
 def _never_raises(
@@ -280,10 +241,9 @@ class ConnectionEvents:
             value = fields.get(key)
             if value is not None:
                 fields[key] = scrub(value)
-        bound = {
-            key: scrub(value) if isinstance(value, str) else value
-            for key, value in self._bound.items()
-        }
+        # Every bound value, nested ones and objects' reprs included: an
+        # application's own pipeline gets them as they are here.
+        bound = {key: scrub_value(value) for key, value in self._bound.items()}
         logger = self._resolved
         marks = self._marks
         if logger is None:
@@ -313,8 +273,13 @@ class ConnectionEvents:
             (f"trio_conn_{key}" if key in _RECORD_ATTRIBUTES else key): value
             for key, value in fields.items()
         }
+        # Context is the application's, but these records are built here: no
+        # sink of ours runs after, so every value is scrubbed now.
         for key, value in structlog.contextvars.get_contextvars().items():
-            extra.setdefault(f"trio_conn_{key}" if key in _RECORD_ATTRIBUTES else key, value)
+            key = SECRETS.scrub(key)
+            extra.setdefault(
+                f"trio_conn_{key}" if key in _RECORD_ATTRIBUTES else key, scrub_value(value)
+            )
         extra["event"] = event
         STDLIB_LOGGER.log(number, "%s", sentence(event, fields), extra=extra)
 

@@ -37,9 +37,10 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ._ecs import ECSFormatter, ECSMapper
-from ._events import CLEAN_MARK, EVENT_NAMES, LIBRARY_FIELDS, SINK_ATTRIBUTE, sentence
+from ._events import CLEAN_MARK, SINK_ATTRIBUTE
 from ._redact import error_message, error_type_name
 from ._secrets import SECRETS
+from ._vocabulary import EVENT_NAMES, LIBRARY_FIELDS, sentence
 
 LogFormat = Literal["json", "ecs", "console"]
 FORMATS: tuple[LogFormat, ...] = ("json", "ecs", "console")

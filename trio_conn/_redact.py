@@ -4,6 +4,8 @@
 - :func:`url_secrets`, :func:`header_secrets`: what to register as secrets.
 - :func:`error_type_name`, :func:`error_message`: an exception as
   ``error_type`` and ``error_message`` (scrubbed before it is cut).
+- :func:`scrub_value`: any field value (a bound dict, a context list, an
+  object) with every registered secret replaced, nested values included.
 
 Nothing here raises on strange input: a log call must never fail.
 """
@@ -182,3 +184,45 @@ def error_message(error: BaseException) -> str:
     if len(text) > MAX_ERROR_MESSAGE:
         text = text[: MAX_ERROR_MESSAGE - 1] + "…"
     return text
+
+
+#: Containers nested deeper than this become their scrubbed repr.
+_MAX_DEPTH = 32
+_KEPT = (int, float, bool, type(None))
+
+
+def scrub_value(value: object, depth: int = 0) -> object:
+    """``value`` with every registered secret replaced, at any depth. Never raises.
+
+    Strings are scrubbed (short secrets included: a field's text); dicts,
+    lists, tuples, sets and frozensets are rebuilt of scrubbed items (a key
+    too); numbers, booleans and None are kept; any other object is kept when
+    its ``repr`` holds no secret, and becomes its scrubbed ``repr`` otherwise
+    (what a renderer would write of it). Nothing is copied when nothing is
+    registered: the common case costs one check.
+    """
+    if not SECRETS:
+        return value
+    return _scrubbed(value, depth)
+
+
+def _scrubbed(value: object, depth: int) -> object:
+    if isinstance(value, str):
+        return SECRETS.scrub(value)
+    if isinstance(value, _KEPT):
+        return value
+    try:
+        if depth < _MAX_DEPTH:
+            if isinstance(value, dict):
+                return {
+                    _scrubbed(key, depth + 1): _scrubbed(item, depth + 1)
+                    for key, item in value.items()
+                }
+            for kind in (list, tuple, frozenset, set):  # subclasses become their base
+                if isinstance(value, kind):
+                    return kind(_scrubbed(item, depth + 1) for item in value)
+        text = repr(value)
+    except Exception:  # a repr, a hash or a subclass's constructor that fails
+        return f"<unrepresentable {type(value).__name__}>"
+    clean = SECRETS.scrub(text)
+    return value if clean == text else clean
