@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -28,6 +29,7 @@ from trio_conn import (
     ConnectionConfig,
     ConnectionState,
     ErrorKind,
+    FailureInfo,
     NotConnected,
     RetryPolicy,
     Session,
@@ -329,3 +331,180 @@ async def test_a_session_is_made_by_trio_conn_and_receives_in_on_connect_only(
             await kept[0].receive()
         await kept[0].send("still writable")  # send goes on working while it lives
         assert await conn.receive() == "still writable"
+
+
+# -- a peer's close while a frame waits for room in the send buffer -----------------
+
+
+async def test_a_send_waiting_for_room_when_the_peer_closes_is_not_connected(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    """The peer closes while our send waits on a full buffer: NotConnected, the
+    peer's code kept as the end, and never the message's text in an error."""
+    records: list[TransitionRecord] = []
+    async with open_fault_server() as server:
+        open_stream, streams = faulty_opener(server)
+        async with open_connection(
+            server.url,
+            open_stream=open_stream,
+            heartbeat=None,
+            on_transition=records.append,
+            config=ConnectionConfig(retry=NO_JITTER),
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            streams[0].block()
+            outcome: list[BaseException] = []
+
+            async def send_login() -> None:
+                try:
+                    await conn.send('{"op":"login","token":"tok_SECRET_1"}')
+                except NotConnected as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_login)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(server.close_all, 1001, "going away")
+                await trio.testing.wait_all_tasks_blocked()  # the reader has the close
+                streams[0].unblock()  # room again, as a peer reads after its close
+                await conn.wait_for_state(S.RECONNECTING)
+            (raised,) = outcome
+            assert isinstance(raised, NotConnected)
+            assert raised.lost
+            assert "tok_SECRET" not in repr(raised.__cause__)
+    ended = records[2]
+    assert (ended.kind, ended.close_code) == (ErrorKind.UNEXPECTED_CLOSE, 1001)
+    assert not [e for e in events if "tok_SECRET" in repr(e)]
+
+
+async def test_a_ping_waiting_for_room_when_the_peer_closes_keeps_the_peers_code(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A rejection close code (mapped by the application) arriving while the
+    heartbeat's ping waits: the session ends rejected with that code, and
+    on_failed runs, instead of the ping's failure hiding it."""
+    records: list[TransitionRecord] = []
+    failures: list[FailureInfo] = []
+
+    async def on_failed(info: FailureInfo) -> bool:
+        failures.append(info)
+        return False
+
+    config = ConnectionConfig(
+        heartbeat_interval=1.0,
+        heartbeat_timeout=10.0,
+        retry=RetryPolicy(jitter=0.0, close_codes={4401: ErrorKind.REJECTED}),
+    )
+    async with open_fault_server() as server:
+        open_stream, streams = faulty_opener(server)
+        async with open_connection(
+            server.url,
+            open_stream=open_stream,
+            config=config,
+            on_transition=records.append,
+            on_failed=on_failed,
+        ) as conn:
+            await conn.wait_for_state(S.CONNECTED)
+            await trio.testing.wait_all_tasks_blocked()  # the first beat answered
+            streams[0].block()
+            await trio.sleep(1.5)  # the next ping waits for room
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.close_all, 4401, "token expired")
+                await trio.testing.wait_all_tasks_blocked()  # the reader has the close
+                streams[0].unblock()
+                await conn.wait_for_state(S.FAILED)
+    ended = records[2]
+    assert (ended.kind, ended.close_code) == (ErrorKind.REJECTED, 4401)
+    assert [info.close_code for info in failures] == [4401]
+
+
+async def test_send_is_a_checkpoint_even_when_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A retry loop on NotConnected must let other tasks (the supervisor) run."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    async with (
+        open_fault_server() as server,
+        open_connection(server.url, open_stream=server.open_stream) as conn,
+    ):
+        await conn.wait_for_state(S.CONNECTED)
+        await server.drop()
+        await conn.wait_for_state(S.RECONNECTING)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            for _ in range(100):
+                with pytest.raises(NotConnected):
+                    await conn.send("order")
+            assert ticks >= 90
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retry_in"),
+    [(401, ErrorKind.REJECTED, None), (429, ErrorKind.THROTTLED, 120.0)],
+)
+async def test_a_rejection_whose_body_never_ends_is_still_the_rejection(
+    autojump_clock: trio.testing.MockClock, status: int, kind: ErrorKind, retry_in: float | None
+) -> None:
+    """Content-Length 1000, 9 bytes sent, then silence: the rejection is raised
+    with what came of its body after a second, not a connect_timeout."""
+    records: list[TransitionRecord] = []
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        await read_head(stream)
+        await stream.send_all(
+            b"HTTP/1.1 %d Nope\r\nRetry-After: 120\r\nContent-Length: 1000\r\n\r\nslow down"
+            % status
+        )
+        await trio.sleep_forever()
+
+    async with (
+        scripted_server(serve) as open_stream,
+        open_connection(
+            "ws://example.test/",
+            open_stream=open_stream,
+            on_transition=records.append,
+            config=ConnectionConfig(retry=NO_JITTER),
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.RECONNECTING)
+    failed = records[1]
+    assert (failed.kind, failed.status_code, failed.retry_in) == (kind, status, retry_in)
+    assert failed.duration == 1.0  # REJECTION_BODY_GRACE, not connect_timeout
+    assert getattr(failed.error, "body", None) == b"slow down"
+
+
+async def test_a_rejection_with_an_endless_body_stops_reading_at_the_kept_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    records: list[TransitionRecord] = []
+    sent = 0
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        nonlocal sent
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 403 No\r\nContent-Length: 100000000\r\n\r\n")
+        try:
+            for _ in range(10_000):
+                await stream.send_all(b"x" * 4096)
+                sent += 4096
+        except trio.BrokenResourceError:
+            pass  # the client stopped reading and closed
+
+    async with (
+        scripted_server(serve) as open_stream,
+        open_connection(
+            "ws://example.test/", open_stream=open_stream, on_transition=records.append
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.FAILED)
+    assert records[1].status_code == 403
+    assert len(getattr(records[1].error, "body", b"")) == 65536
+    assert sent < 200_000  # stopped reading soon after the kept size

@@ -24,6 +24,7 @@ from trio_conn import (
     ConnectionState,
     ErrorKind,
     Heartbeat,
+    MessageHeartbeat,
     NotConnected,
     PingHeartbeat,
     RetryPolicy,
@@ -162,22 +163,34 @@ async def test_a_frozen_peer_is_dead_in_time_while_a_large_send_is_blocked_on_it
     assert error.lost
 
 
+@pytest.mark.parametrize("kind", ["ping", "message"])
 async def test_a_slow_but_reading_peer_is_alive_through_a_large_message(
-    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]], kind: str
 ) -> None:
     """5 MB to a peer that reads 200 kB/s: 25 s, ten times the bound. Each 64 KiB
-    fragment takes 0.33 s, the pings go between fragments and are answered."""
+    fragment takes 0.33 s, the pings go between fragments and are answered. An
+    application-message beat cannot go between them: a ping goes first."""
+    heartbeat = (
+        PingHeartbeat()
+        if kind == "ping"
+        else MessageHeartbeat(lambda: PING_OP, lambda message: message == PONG_OP)
+    )
     async with open_fault_server() as server:
         server.echo = False
+        server.is_heartbeat = lambda message: message == PING_OP
+        server.heartbeat_reply = lambda message: PONG_OP
         open_stream, streams = faulty_opener(server)
-        async with open_connection(server.url, open_stream=open_stream, config=FAST) as conn:
+        async with open_connection(
+            server.url, open_stream=open_stream, config=FAST, heartbeat=heartbeat
+        ) as conn:
             await conn.wait_for_state(S.CONNECTED)
             streams[0].rate = 200_000
             started = trio.current_time()
             await conn.send(b"\x01" * 5_000_000)
             assert 25.0 < trio.current_time() - started < 25.1
             await server.wait_received(1)
-            assert server.connections[0].received == [b"\x01" * 5_000_000]
+            data = [m for m in server.connections[0].received if m != PING_OP]
+            assert data == [b"\x01" * 5_000_000]
             assert conn.state is S.CONNECTED
             assert conn.statistics().total_failures == 0
     assert misses(events) == []

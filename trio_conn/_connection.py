@@ -181,10 +181,15 @@ class ManagedConnection:
             raise TypeError(f"message must be str or bytes, got {type(message).__name__}")
         control = self._supervisor.control
         websocket = control.websocket
-        if self.state is not S.CONNECTED or websocket is None:
-            raise NotConnected(self.state)
-        if control.stopping:
-            raise NotConnected(self.state, closing=True)
+        if self.state is not S.CONNECTED or websocket is None or control.stopping:
+            # A checkpoint even when refused, as every Trio async call: a retry
+            # loop on NotConnected must let the supervisor reconnect.
+            await trio.lowlevel.checkpoint()
+            websocket = control.websocket  # as it is now: it may have reconnected
+            if self.state is not S.CONNECTED or websocket is None:
+                raise NotConnected(self.state)
+            if control.stopping:
+                raise NotConnected(self.state, closing=True)
         try:
             await websocket.send(message)
         except ConnectionClosed as exc:

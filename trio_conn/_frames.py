@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import trio
 from wsproto.connection import Connection
 from wsproto.connection import ConnectionState as WireState
-from wsproto.events import BytesMessage, Event, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from ._exceptions import ConnectionClosed, SendInterrupted
 
@@ -126,12 +127,21 @@ class FrameWriter:
         The caller holds the frame lock. A cancellation before the frame is
         generated writes nothing; after, the connection is unusable.
 
-        :raises ConnectionClosed: the stream broke (the connection is unusable).
-        :raises wsproto.utilities.LocalProtocolError: wsproto's state allows
-            no such frame (nothing written).
+        :raises ConnectionClosed: the stream broke (the connection is
+            unusable), or the connection is closing: a data or control frame
+            once the connection left OPEN (checked after the wait, since the
+            peer's close may come meanwhile), any frame wsproto's state does
+            not allow (nothing written).
         """
         await self.wait_writable()
-        await self.write(self._ws.send(event))
+        if not isinstance(event, CloseConnection):
+            self.check_open()  # the peer's close may have come while this waited
+        try:
+            data = self._ws.send(event)
+        except LocalProtocolError:
+            # Its message holds the event, payload and all: never shown.
+            raise ConnectionClosed(self.end_code or 1000, "the connection is closing") from None
+        await self.write(data)
 
     async def wait_writable(self) -> None:
         """Return once a write of the stream might not block; nothing is written.

@@ -4,8 +4,10 @@ Only the response's head goes to wsproto's handshake parser: bytes the server
 sent after the ``101`` head (frames, even a compression bomb, in the same
 read) come back as :attr:`Opened.leftover`, for the reader to feed through
 the same limits as every later byte. A rejection's body may end with the
-stream (RFC 9112 section 6.3): at that end, or at a reset, the rejection
-already parsed is what the handshake raises.
+stream (RFC 9112 section 6.3): at that end, at a reset, once
+:data:`MAX_REJECTION_BODY` bytes of it are kept, or
+:data:`REJECTION_BODY_GRACE` seconds after its head, the rejection already
+parsed is what the handshake raises, with the body read so far.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from ._request import Target
 READ_SIZE = 65536
 #: Most of a rejection's body kept, in bytes.
 MAX_REJECTION_BODY = 65536
+#: Longest a rejection's body is read once its head has come, in seconds: a
+#: body that never ends (a short write, a huge Content-Length) must not turn
+#: the rejection into a timeout.
+REJECTION_BODY_GRACE = 1.0
 #: Longest response head read before the handshake fails, in bytes.
 MAX_HEAD = 65536
 _END_OF_HEAD = b"\r\n\r\n"
@@ -82,12 +88,17 @@ async def handshake(
     pending = bytearray()  # read, not yet given to wsproto
     searched = 0  # how much of ``pending`` holds no end of head
     received = 0
+    body_deadline = float("inf")  # set once a rejection's head has come
     while True:
         try:
-            data = await stream.receive_some(READ_SIZE)
+            data: bytes | bytearray = b""
+            with trio.move_on_at(body_deadline) as waiting:
+                data = await stream.receive_some(READ_SIZE)
         except trio.BrokenResourceError:
             parser.raise_rejection()
             raise
+        if waiting.cancelled_caught:
+            parser.raise_rejection()  # the body did not end in time: what came of it
         if not data:
             parser.raise_rejection()  # a body delimited by the end of the stream
             raise trio.BrokenResourceError("the peer ended the stream during the handshake")
@@ -96,6 +107,8 @@ async def handshake(
         if parser.rejection is not None:  # the body: all of it to wsproto
             parser.feed(bytes(pending))
             pending.clear()
+            if len(parser.rejection.body) >= MAX_REJECTION_BODY:
+                raise parser.rejection  # all of it that is kept: no need for the rest
             continue
         while (end := pending.find(_END_OF_HEAD, max(0, searched - 3))) >= 0:
             end += len(_END_OF_HEAD)
@@ -113,6 +126,7 @@ async def handshake(
                     received=received,
                 )
             if parser.rejection is not None:  # what follows its head is its body
+                body_deadline = trio.current_time() + REJECTION_BODY_GRACE
                 parser.feed(bytes(pending))
                 pending.clear()
                 break

@@ -27,7 +27,10 @@ after the last byte it sent (105 s with the defaults): the first beat
 scheduled after that byte starts within one interval of it (a beat that saw
 the byte is judged at its next checkpoint), and it and the next ones miss.
 A beat judged alive early may have its reply arrive during the next beat,
-which takes it as its own: it is a byte from the peer either way.
+which takes it as its own: it is a byte from the peer either way. An
+application-message beat cannot go between the fragments of a long message
+being sent: while one is, a ping frame goes first (it can), and its pong is
+the proof of life.
 """
 
 from __future__ import annotations
@@ -236,6 +239,10 @@ class HeartbeatMonitor:
 
             deadline = scheduled + self._timeout
             with trio.move_on_at(deadline):
+                if self._heartbeat.replies_are_messages and websocket.sending_message:
+                    # A message beat waits behind the whole message being sent: a
+                    # ping goes between its fragments, and the pong is proof of life.
+                    await websocket.ping()
                 await self._heartbeat.beat(session)  # may wait behind a fragment: the clock runs
                 if beat.replied_at is None:
                     beat.sent_at = trio.current_time()

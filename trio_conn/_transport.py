@@ -181,6 +181,11 @@ class WebSocket:
         (SendInterrupted) or a broken stream (ConnectionClosed 1006); or None."""
         return self._writer.error
 
+    @property
+    def sending_message(self) -> bool:
+        """Whether a message is being sent (its fragments hold the message lock)."""
+        return self._writer.message_lock.locked()
+
     # -- reading ---------------------------------------------------------------
 
     async def run_reader(self) -> None:
@@ -377,6 +382,10 @@ class WebSocket:
         try:
             if writer.open:
                 await writer.write_frame(Ping(next(self._pings).to_bytes(8, "big")))
+        except ConnectionClosed:
+            if writer.error is not None:
+                raise  # the stream broke: the session ends with it
+            # Closing meanwhile: the reader ends the session with the close's code.
         finally:
             writer.frame_lock.release()
 
