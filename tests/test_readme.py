@@ -131,3 +131,47 @@ async def test_the_log_examples_are_what_the_library_writes(
         section = text[text.index(heading) :]
         shown = section[section.index(fence) + len(fence) :].split("\n", 1)[0]
         assert normalised(shown) == normalised(await dropped_after_12_5_s(fmt)), fmt
+
+
+async def test_the_connection_group_example_runs_the_seeds_shape(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Virtual time (its two minutes of sleeps): every account registers with its
+    cookie and answers the heartbeat; bob's restart brings the new cookie;
+    each handler prints its own account's messages."""
+    printed: list[str] = []
+
+    def fake_print(*parts: Any) -> None:
+        printed.append(" ".join(map(str, parts)))
+
+    namespace: dict[str, Any] = {"__name__": "readme_group", "print": fake_print}
+    block = python_block("## Connection groups")
+    exec(compile(block, "README connection groups", "exec"), namespace)
+    async with open_fault_server() as server:
+        server.is_heartbeat = lambda m: m == '{"op": "ping"}'
+        server.heartbeat_reply = lambda m: '{"op": "pong"}'
+        server.echo = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: namespace["main"](server.url, open_stream=server.open_stream)
+            )
+            await trio.sleep(10)
+            await server.push("hello")
+        registered = {
+            c.header("cookie"): [m for m in c.received if "register" in str(m)]
+            for c in server.connections
+        }
+    assert registered == {
+        "session=a1": ['{"op": "register", "account": "alice"}'],
+        "session=b1": ['{"op": "register", "account": "bob"}'],
+        "session=c1": ['{"op": "register", "account": "carol"}'],
+        "session=b2": ['{"op": "register", "account": "bob"}'],
+    }
+    assert sorted(line for line in printed if "got" in line) == [
+        "alice got hello",
+        "bob got hello",
+        "carol got hello",
+    ]
+    assert all(c.received.count('{"op": "ping"}') >= 4 for c in server.connections)
+    (stats,) = [line for line in printed if line.startswith("GroupStatistics(")]
+    assert "members=3" in stats
