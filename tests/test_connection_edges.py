@@ -61,6 +61,22 @@ async def scripted_server(
         nursery.cancel_scope.cancel()
 
 
+async def first_failure(serve: Serve) -> TransitionRecord:
+    """The record of the first attempt's failure against a server that ``serve`` plays."""
+    records: list[TransitionRecord] = []
+    async with (
+        scripted_server(serve) as open_stream,
+        open_connection(
+            "ws://example.test/",
+            open_stream=open_stream,
+            on_transition=records.append,
+            config=ConnectionConfig(retry=NO_JITTER),
+        ) as conn,
+    ):
+        await conn.wait_for_state(S.RECONNECTING)
+    return records[1]
+
+
 async def read_head(stream: trio.abc.Stream) -> bytes:
     head = b""
     while b"\r\n\r\n" not in head:
@@ -115,7 +131,6 @@ async def test_a_rejection_whose_body_ends_with_the_stream_is_the_rejection(
 ) -> None:
     """No Content-Length: the body is delimited by the end of the stream (RFC 9112
     section 6.3). 429 honours its Retry-After; 403 goes to FAILED."""
-    records: list[TransitionRecord] = []
 
     async def serve(stream: trio.abc.Stream) -> None:
         await read_head(stream)
@@ -125,17 +140,7 @@ async def test_a_rejection_whose_body_ends_with_the_stream_is_the_rejection(
         )
         await stream.aclose()
 
-    async with (
-        scripted_server(serve) as open_stream,
-        open_connection(
-            "ws://example.test/",
-            open_stream=open_stream,
-            on_transition=records.append,
-            config=ConnectionConfig(retry=NO_JITTER),
-        ) as conn,
-    ):
-        await conn.wait_for_state(S.RECONNECTING)
-    failed = records[1]
+    failed = await first_failure(serve)
     assert (failed.kind, failed.status_code, failed.retry_in) == (kind, status, retry_in)
     assert getattr(failed.error, "body", None) == b"slow down"
 
@@ -158,8 +163,6 @@ async def test_a_rejection_whose_body_ends_with_the_stream_is_the_rejection(
 async def test_a_hostile_extension_answer_fails_the_handshake_as_a_protocol_error(
     autojump_clock: trio.testing.MockClock, extension: bytes
 ) -> None:
-    records: list[TransitionRecord] = []
-
     async def serve(stream: trio.abc.Stream) -> None:
         head = await read_head(stream)
         await stream.send_all(
@@ -169,17 +172,8 @@ async def test_a_hostile_extension_answer_fails_the_handshake_as_a_protocol_erro
         )
         await trio.sleep_forever()
 
-    async with (
-        scripted_server(serve) as open_stream,
-        open_connection(
-            "ws://example.test/",
-            open_stream=open_stream,
-            on_transition=records.append,
-            config=ConnectionConfig(retry=NO_JITTER),
-        ) as conn,
-    ):
-        await conn.wait_for_state(S.RECONNECTING)
-    assert records[1].reason == "other: RemoteProtocolError during the handshake"
+    failed = await first_failure(serve)
+    assert failed.reason == "other: RemoteProtocolError during the handshake"
 
 
 async def test_an_answer_with_a_small_server_window_is_accepted(
@@ -455,7 +449,6 @@ async def test_a_rejection_whose_body_never_ends_is_still_the_rejection(
 ) -> None:
     """Content-Length 1000, 9 bytes sent, then silence: the rejection is raised
     with what came of its body after a second, not a connect_timeout."""
-    records: list[TransitionRecord] = []
 
     async def serve(stream: trio.abc.Stream) -> None:
         await read_head(stream)
@@ -465,17 +458,7 @@ async def test_a_rejection_whose_body_never_ends_is_still_the_rejection(
         )
         await trio.sleep_forever()
 
-    async with (
-        scripted_server(serve) as open_stream,
-        open_connection(
-            "ws://example.test/",
-            open_stream=open_stream,
-            on_transition=records.append,
-            config=ConnectionConfig(retry=NO_JITTER),
-        ) as conn,
-    ):
-        await conn.wait_for_state(S.RECONNECTING)
-    failed = records[1]
+    failed = await first_failure(serve)
     assert (failed.kind, failed.status_code, failed.retry_in) == (kind, status, retry_in)
     assert failed.duration == 1.0  # REJECTION_BODY_GRACE, not connect_timeout
     assert getattr(failed.error, "body", None) == b"slow down"
