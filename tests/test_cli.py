@@ -198,7 +198,7 @@ def test_connect_rejects_bad_input_clearly(capsys: pytest.CaptureFixture[str]) -
     assert main(["connect", "http://example.com/"]) == 2
     assert "must start with ws:// or wss://" in capsys.readouterr().err
     assert main(["connect", "ws://example.com/", "-H", "no colon here"]) == 2
-    assert "-H must be 'Name: value'" in capsys.readouterr().err
+    assert "-H[0] must be 'Name: value' and has no ':'" in capsys.readouterr().err
     assert main(["connect", "ws://example.com/", "-H", "Bad Header: s3cr3t"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trio-conn: error: -H[0] has an invalid header name")

@@ -138,7 +138,7 @@ def test_subprotocols_are_tokens_offered_once() -> None:
         check_subprotocols("chat")
     with pytest.raises(TypeError, match=r"subprotocols\[0\] must be a str"):
         check_subprotocols([b"chat"])
-    with pytest.raises(ValueError, match=r"subprotocols\[1\] 'a b' is not an HTTP token"):
+    with pytest.raises(ValueError, match=r"subprotocols\[1\] \(3 characters, not shown\) is not"):
         check_subprotocols(["ok", "a b"])
-    with pytest.raises(ValueError, match=r"subprotocols\[1\] 'chat' is offered twice"):
+    with pytest.raises(ValueError, match=r"subprotocols\[1\] is offered twice \(as"):
         check_subprotocols(["chat", "chat"])

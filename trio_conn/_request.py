@@ -140,12 +140,17 @@ def check_subprotocols(subprotocols: object) -> tuple[str, ...]:
     for index, name in enumerate(subprotocols):
         if not isinstance(name, str):
             raise TypeError(f"subprotocols[{index}] must be a str, got a {type(name).__name__}")
+        # Never shown: a subprotocol may carry a credential (a bearer token
+        # in Sec-WebSocket-Protocol, as some APIs ask).
         if not _TOKEN.fullmatch(name):
             raise ValueError(
-                f"subprotocols[{index}] {name[:40]!r} is not an HTTP token (RFC 6455 section 4.1)"
+                f"subprotocols[{index}] ({len(name)} characters, not shown) is not an HTTP "
+                "token (RFC 6455 section 4.1)"
             )
         if name in checked:
-            raise ValueError(f"subprotocols[{index}] {name!r} is offered twice")
+            raise ValueError(
+                f"subprotocols[{index}] is offered twice (as subprotocols[{checked.index(name)}])"
+            )
         checked.append(name)
     return tuple(checked)
 

@@ -24,9 +24,10 @@ from ._config import ConnectionConfig
 from ._connection import open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import FORMATS, LEVELS, LogFormat, configure_logging, scrub_line
-from ._redact import redact_url
+from ._redact import header_secrets, redact_url, url_secrets
 from ._report import build_report, render_text
 from ._request import check_headers, check_subprotocols, parse_url
+from ._secrets import REDACTED, SECRETS
 from ._terminal import printable
 from ._transport import Data, Session
 
@@ -185,14 +186,22 @@ def _run_demo(args: argparse.Namespace) -> int:
 # -- connect -----------------------------------------------------------------------
 
 
-def parse_header(text: str) -> tuple[str, str]:
+def parse_header(text: str, index: int = 0) -> tuple[str, str]:
     """``'Name: value'`` -> ``("Name", "value")``.
 
-    :raises ValueError: no colon or an empty name (the value is not shown).
+    :param index: the argument's place among the ``-H`` options, for the message.
+    :raises ValueError: no colon or an empty name. The message names the
+        argument by its place only: without a colon there is no telling the
+        name from the value ("Authorization Bearer <token>").
     """
     name, colon, value = text.partition(":")
-    if not colon or not name.strip():
-        raise ValueError(f"-H must be 'Name: value', got a header named {name.strip()!r}")
+    if not colon:
+        raise ValueError(
+            f"-H[{index}] must be 'Name: value' and has no ':' "
+            "(the argument is not shown: it may hold a secret)"
+        )
+    if not name.strip():
+        raise ValueError(f"-H[{index}] must be 'Name: value' and its name (before ':') is empty")
     return name.strip(), value.strip()
 
 
@@ -201,12 +210,15 @@ def reply_matcher(pattern_json: str) -> Callable[[Data], bool]:
 
     :raises ValueError: ``pattern_json`` is not a JSON object.
     """
+    # Messages never echo the argument: a heartbeat may carry a token.
     try:
         pattern = json.loads(pattern_json)
-    except ValueError:
-        raise ValueError(f"--heartbeat-reply must be JSON, got {pattern_json!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"--heartbeat-reply must be JSON ({exc})") from None
     if not isinstance(pattern, dict):
-        raise ValueError(f"--heartbeat-reply must be a JSON object, got {pattern_json!r}")
+        raise ValueError(
+            f"--heartbeat-reply must be a JSON object, got a JSON {type(pattern).__name__}"
+        )
 
     def matches(message: Data) -> bool:
         try:
@@ -225,25 +237,58 @@ def _heartbeat(args: argparse.Namespace) -> Heartbeat | None:
         return PingHeartbeat()
     try:
         beat = json.dumps(json.loads(args.heartbeat_message), separators=(",", ":"))
-    except ValueError:
-        raise ValueError(
-            f"--heartbeat-message must be JSON, got {args.heartbeat_message!r}"
-        ) from None
+    except ValueError as exc:
+        raise ValueError(f"--heartbeat-message must be JSON ({exc})") from None
     return MessageHeartbeat(lambda: beat, reply_matcher(args.heartbeat_reply))
 
 
 def format_message(message: Data) -> str:
     """One line of stdout: text scrubbed of secrets with every non-printable
-    character escaped (trio_conn/_terminal.py), bytes as ``base64:...``."""
+    character escaped (trio_conn/_terminal.py), bytes as ``base64:...``.
+
+    Bytes are scrubbed before they are encoded: a secret in them, at any
+    offset and in any form the scrubber knows, becomes `` REDACTED `` between
+    the base64 of the pieces around it (``base64:aGk= REDACTED IQ==``).
+    """
     if isinstance(message, bytes):
-        return "base64:" + base64.b64encode(message).decode("ascii")
+        # surrogateescape: every byte survives the round trip, UTF-8 or not.
+        text = message.decode("utf-8", "surrogateescape")
+        pieces = scrub_line(text).split(REDACTED)
+        encoded = (
+            base64.b64encode(piece.encode("utf-8", "surrogateescape")).decode("ascii")
+            for piece in pieces
+        )
+        return scrub_line("base64:" + f" {REDACTED} ".join(encoded))
     return printable(scrub_line(message))
 
 
 def _run_connect(args: argparse.Namespace) -> int:
+    # The arguments' secrets are registered first, so that no message about
+    # them, nor any line printed while connected, can show one.
+    held = SECRETS.add(
+        [
+            *url_secrets(args.url),
+            *(part for text in args.header for part in header_secrets(_value_part(text))),
+        ]
+    )
+    try:
+        return _checked_connect(args)
+    finally:
+        SECRETS.remove(held)
+
+
+def _value_part(header: str) -> str:
+    """What of a ``-H`` argument may be secret: after the colon; all of it without one."""
+    name, colon, value = header.partition(":")
+    return value if colon else name
+
+
+def _checked_connect(args: argparse.Namespace) -> int:
     # Every input checked before anything starts: one clear line, exit 2.
     parse_url(args.url, redact_url(args.url))
-    headers = check_headers([parse_header(text) for text in args.header], "-H")
+    headers = check_headers(
+        [parse_header(text, index) for index, text in enumerate(args.header)], "-H"
+    )
     subprotocols = check_subprotocols(args.subprotocol)
     config = ConnectionConfig(
         heartbeat_interval=args.heartbeat_interval,
