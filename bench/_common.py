@@ -35,21 +35,50 @@ class Server:
             fields = stat.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: every connection ends without a close frame."""
+        self.process.kill()
+        self.process.wait()
 
-@contextmanager
-def server() -> Iterator[Server]:
-    """Run bench/server.py in a second process."""
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "server.py")], stdout=subprocess.PIPE, text=True
-    )
+    def terminate(self, timeout: float = 10.0) -> None:
+        """SIGTERM (``--arrivals``: writes what is left, then exits); SIGKILL after ``timeout``."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def start_server(port: int = 0, arrivals: str | Path | None = None) -> Server:
+    """Start bench/server.py (on ``port``, 0: a free one) and wait until it listens.
+
+    ``arrivals``: the file it appends accept and handshake times to (server.py's
+    ``--arrivals``); stop such a server with :meth:`Server.terminate` to have
+    the last of them written.
+    """
+    command = [sys.executable, str(HERE / "server.py"), "--port", str(port)]
+    if arrivals is not None:
+        command += ["--arrivals", str(arrivals)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        word, port = process.stdout.readline().split()
+        word, listening = process.stdout.readline().split()
         assert word == "ready"
-        yield Server(process, int(port))
-    finally:
+    except BaseException:
         process.kill()
         process.wait()
+        raise
+    return Server(process, int(listening))
+
+
+@contextmanager
+def server(port: int = 0, arrivals: str | Path | None = None) -> Iterator[Server]:
+    """Run bench/server.py in a second process (arguments: :func:`start_server`'s)."""
+    running = start_server(port, arrivals)
+    try:
+        yield running
+    finally:
+        running.kill()
 
 
 @contextmanager

@@ -1,10 +1,10 @@
 """Idle scale: many connections that only heartbeat; memory, CPU and missed beats.
 
     python bench/idle_scale.py [--counts 1000 5000 10000] [--intervals 15 1] [--runs 5]
-                               [--kinds raw websockets managed] [--stress-window 5]
+                               [--kinds raw websockets managed group] [--stress-window 5]
                                [--json PATH]
 
-Three clients, each in a fresh client process per run, against the server
+Four clients, each in a fresh client process per run, against the server
 (bench/server.py) in another process:
 
 - ``raw``: trio-websocket, a task per connection pinging every interval
@@ -13,21 +13,29 @@ Three clients, each in a fresh client process per run, against the server
   with its keepalive at ``ping_interval=interval, ping_timeout=2 * interval``,
   a task draining messages (``async for``);
 - ``managed``: trio_conn, ``open_connection`` with ``PingHeartbeat`` and
-  ``heartbeat_interval=interval, heartbeat_timeout=2 * interval``.
+  ``heartbeat_interval=interval, heartbeat_timeout=2 * interval``, a task
+  draining messages (``async for``);
+- ``group``: trio_conn, the members of one ``open_connection_group`` with the
+  same heartbeat and config, each with a handler draining messages. The
+  group is opened with ``attempts_per_second=None``: its admission control
+  would hold the connect phase to 100 attempts per second (the default), and
+  what is measured here is the idle state after it, not the connect.
 
 A child opens the connections (200 at a time), collects garbage, and reads
 its RSS; then it watches a window of one heartbeat interval with the GC at its
 defaults, and another after ``gc.freeze()``, reporting client CPU (process
 time / wall time) and missed beats in each (trio_conn: its
 ``connection.heartbeat_missed`` events; raw: pings unanswered in 2 intervals;
-websockets: connections its keepalive closed). Heartbeats: the default 15 s
+websockets: connections its keepalive closed; trio_conn and its group alike:
+their ``connection.heartbeat_missed`` events). Heartbeats: the default 15 s
 (window 15 s), and a 1 s stress variant (window ``--stress-window`` s).
 
 Each figure is the median over ``--runs`` children, the order of the kinds
 rotating from run to run; CPU per connection is the child's CPU share over
 the window divided by the connections (microseconds of CPU per second per
-connection); ratios (trio_conn / websockets, trio_conn / raw) are medians of
-the per-run ratios. A child still busy after ``--child-timeout`` has
+connection); ratios (trio_conn / websockets, trio_conn / raw, and the group's:
+group / websockets, group / raw, group / trio_conn) are medians of the
+per-run ratios. A child still busy after ``--child-timeout`` has
 saturated its core and is reported as such.
 
 The comparison (about 8 minutes) and the 10,000-connection check of missed
@@ -46,6 +54,8 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
@@ -64,11 +74,32 @@ from trio_websocket import open_websocket_url
 from websockets.exceptions import ConnectionClosed as WebsocketsClosed
 from websockets.trio.client import connect as websockets_connect
 
-from trio_conn import ConnectionConfig, ConnectionState, PingHeartbeat, open_connection
+from trio_conn import (
+    ConnectionConfig,
+    ConnectionGroup,
+    ConnectionState,
+    ManagedConnection,
+    PingHeartbeat,
+    open_connection,
+    open_connection_group,
+)
 
 BATCH = 200
-KINDS = ("raw", "websockets", "managed")
-LABELS = {"raw": "trio-websocket", "websockets": "websockets.trio", "managed": "trio_conn"}
+KINDS = ("raw", "websockets", "managed", "group")
+LABELS = {
+    "raw": "trio-websocket",
+    "websockets": "websockets.trio",
+    "managed": "trio_conn",
+    "group": "trio_conn group",
+}
+#: The figures compared as ratios: (subject, baseline) -> the results' key.
+RATIOS = {
+    ("managed", "websockets"): "managed_vs_websockets",
+    ("managed", "raw"): "managed_vs_raw",
+    ("group", "websockets"): "group_vs_websockets",
+    ("group", "raw"): "group_vs_raw",
+    ("group", "managed"): "group_vs_managed",
+}
 
 
 class Counters:
@@ -123,12 +154,17 @@ async def websockets_connection(url: str, interval: float, counters: Counters) -
 CONFIGS: dict[float, ConnectionConfig] = {}  # one per interval, shared as an app would
 
 
-async def managed_connection(url: str, interval: float, counters: Counters) -> None:
+def managed_config(interval: float) -> ConnectionConfig:
     config = CONFIGS.get(interval)
     if config is None:
         config = CONFIGS[interval] = ConnectionConfig(
             heartbeat_interval=interval, heartbeat_timeout=interval * 2
         )
+    return config
+
+
+async def managed_connection(url: str, interval: float, counters: Counters) -> None:
+    config = managed_config(interval)
     async with open_connection(url, config=config, heartbeat=PingHeartbeat()) as conn:
         await conn.wait_for_state(ConnectionState.CONNECTED)
         counters.one_connected()
@@ -141,6 +177,18 @@ CONNECT = {
     "websockets": websockets_connection,
     "managed": managed_connection,
 }
+
+
+def group_handler(counters: Counters) -> Callable[[ManagedConnection], Awaitable[None]]:
+    """A member's handler: count it connected once, then drain its messages."""
+
+    async def handler(conn: ManagedConnection) -> None:
+        await conn.wait_for_state(ConnectionState.CONNECTED)
+        counters.one_connected()
+        async for _ in conn:
+            pass
+
+    return handler
 
 
 def count_missed_beats(counters: Counters) -> None:
@@ -173,12 +221,25 @@ async def child(kind: str, url: str, count: int, interval: float, seconds: float
     count_missed_beats(counters)
     gc.collect()
     rss_before = rss_bytes()
-    connect = CONNECT[kind]
-    async with trio.open_nursery() as nursery:
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        group: ConnectionGroup | None = None
+        if kind == "group":  # no admission control: the connect phase is not measured
+            group = await stack.enter_async_context(
+                open_connection_group(
+                    attempts_per_second=None,
+                    config=managed_config(interval),
+                    heartbeat=PingHeartbeat(),
+                )
+            )
+        handler = group_handler(counters)
         started = time.perf_counter()
         for first in range(0, count, BATCH):
-            for _ in range(min(BATCH, count - first)):
-                nursery.start_soon(connect, url, interval, counters)
+            for index in range(first, min(first + BATCH, count)):
+                if group is None:
+                    nursery.start_soon(CONNECT[kind], url, interval, counters)
+                else:
+                    await group.add(f"member-{index}", url, handler=handler)
             await counters.wait_connected(min(first + BATCH, count))
         connect_seconds = time.perf_counter() - started
         gc.collect()
@@ -250,10 +311,8 @@ def summarise(samples: list[dict[str, Any]], count: int) -> dict[str, Any]:
     }
 
 
-def ratios(
-    subject: list[dict[str, Any]], other: list[dict[str, Any]], count: int
-) -> dict[str, float] | None:
-    """trio_conn / another kind: medians of the per-run ratios (None if one saturated)."""
+def ratios(subject: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, float] | None:
+    """One kind / another: medians of the per-run ratios (None if one saturated)."""
     pairs = list(zip(subject, other, strict=True))
     if any(s.get("saturated") or o.get("saturated") for s, o in pairs):
         return None
@@ -280,13 +339,16 @@ def table(results: dict[str, Any]) -> str:
             "missed beats (default; frozen)",
             "connect s",
             "trio_conn / this (RSS; CPU)",
+            "group / this (RSS; CPU)",
         ]
     ]
+
+    def versus(found: dict[str, float] | None) -> str:
+        return f"{found['rss']:.2f}x; {found['cpu_gc_default']:.2f}x" if found else "-"
+
     for row in results["figures"]:
         for kind in results["kinds"]:
             figure = row[kind]
-            found = row.get(f"managed_vs_{kind}")
-            versus = f"{found['rss']:.2f}x; {found['cpu_gc_default']:.2f}x" if found else "-"
             if "saturated_runs" in figure:
                 cells = ["saturated", "saturated", "-", "-"]
             else:
@@ -303,7 +365,8 @@ def table(results: dict[str, Any]) -> str:
                     f"{row['heartbeat_interval']:g} s",
                     LABELS[kind],
                     *cells,
-                    versus,
+                    versus(row.get(f"managed_vs_{kind}")),
+                    versus(row.get(f"group_vs_{kind}")),
                 ]
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -370,11 +433,9 @@ def main() -> None:
                         )
                 for kind in kinds:
                     row[kind] = summarise(samples[kind], count)
-                if "managed" in kinds:
-                    for other in ("websockets", "raw"):
-                        if other in kinds:
-                            found = ratios(samples["managed"], samples[other], count)
-                            row[f"managed_vs_{other}"] = found
+                for (subject, other), key in RATIOS.items():
+                    if subject in kinds and other in kinds:
+                        row[key] = ratios(samples[subject], samples[other])
                 results["figures"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     print(table(results))

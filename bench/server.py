@@ -11,6 +11,14 @@ and the frame). ``throughput.py`` reports the server's CPU time beside the
 client's.
 
     python bench/server.py            # prints "ready PORT", serves until killed
+    python bench/server.py --port 8765 --arrivals PATH
+
+``--port``: listen there (default 0: a free port; an address still in
+TIME_WAIT is reused, so a killed server can be restarted on its port).
+``--arrivals``: append a line per event to PATH, ``accept T`` when a TCP
+connection is accepted and ``open T`` when its handshake is answered, ``T``
+being ``time.monotonic()`` (the same clock in every process on Linux);
+flushed every 0.1 s and on SIGTERM (a SIGKILL loses the last 0.1 s).
 
 What each connection does depends on its first message (a small text frame);
 the messages are ``_messages.py``'s numbered ones, checked whole:
@@ -31,12 +39,16 @@ then idles, dropping what it reads, until the client goes.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import resource
+import signal
 import socket
 import struct
 import threading
+import time
+from typing import TextIO
 
 import wsproto
 import wsproto.events
@@ -189,8 +201,13 @@ class Worker:
             self.sock.sendall(b"".join(parts))
 
 
+ARRIVALS: list[str] = []  # lines not yet written to --arrivals
+
+
 class Connection(asyncio.Protocol):
     """One client from its upgrade request until it goes idle, drops or gets a data command."""
+
+    record = False  # --arrivals given
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport
@@ -203,6 +220,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.record:
+            ARRIVALS.append(f"accept {time.monotonic():.6f}\n")
 
     def data_received(self, data: bytes) -> None:
         handshake = self.handshake
@@ -211,6 +230,8 @@ class Connection(asyncio.Protocol):
             for event in handshake.events():
                 if isinstance(event, wsproto.events.Request):
                     self.transport.write(handshake.send(wsproto.events.AcceptConnection()))
+                    if self.record:
+                        ARRIVALS.append(f"open {time.monotonic():.6f}\n")
                     # wsproto keeps any bytes after the request; a client does
                     # not send before the answer, so there are none in practice.
                     self.handshake = None
@@ -253,14 +274,47 @@ class Connection(asyncio.Protocol):
         threading.Thread(target=run, daemon=True).start()
 
 
-async def main() -> None:
+def write_arrivals(out: TextIO) -> None:
+    if ARRIVALS:
+        out.writelines(ARRIVALS)
+        ARRIVALS.clear()
+        out.flush()
+
+
+async def flush_arrivals(out: TextIO) -> None:
+    while True:
+        await asyncio.sleep(0.1)
+        write_arrivals(out)
+
+
+async def main(port: int, arrivals: TextIO | None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Connection, "127.0.0.1", 0, backlog=4096)
+    server = await loop.create_server(
+        Connection, "127.0.0.1", port, backlog=4096, reuse_address=True
+    )
+    if arrivals is None:
+        print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
+        await server.serve_forever()
+        return
+    Connection.record = True
+    stopped = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    flusher = asyncio.create_task(flush_arrivals(arrivals))
     print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
-    await server.serve_forever()
+    await stopped.wait()
+    flusher.cancel()
+    write_arrivals(arrivals)
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="default 0: a free port")
+    parser.add_argument("--arrivals", help="append accept and handshake times to this file")
+    args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(main())
+    if args.arrivals is None:
+        asyncio.run(main(args.port, None))
+    else:
+        with open(args.arrivals, "a", encoding="ascii") as out:
+            asyncio.run(main(args.port, out))
