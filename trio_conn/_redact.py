@@ -24,33 +24,41 @@ from ._secrets import MIN_FRAGMENT, REDACTED, SECRETS
 #: after secrets are scrubbed, so no part of one is left at the cut.
 MAX_ERROR_MESSAGE = 1000
 _SEPARATORS = re.compile(r"[;,\s]+")
+_AMBIGUOUS_PARTS = re.compile(r"[:?#&=/]")
+# A host and port as shown when the rest of a URL is ambiguous.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\](?::[0-9]*)?")
 
 
 def _split_url(url: str) -> tuple[str, str, str, str, str] | None:
     """``(scheme, userinfo, host_and_path, query, at)`` of ``scheme://...``, or None.
 
-    The authority is taken to end at the *last* ``@`` before the query: a
-    password with an unencoded ``/`` or ``?`` (invalid, but typed) is then
-    still userinfo, never mistaken for a path and shown.
+    The userinfo is everything before the *last* ``@``: a typed password
+    with an unencoded ``/``, ``?`` or ``#`` is then still userinfo, never
+    mistaken for a host, a path or a query and shown. When the userinfo holds
+    a ``?`` or ``#``, the URL is ambiguous (it may be a query or fragment with
+    an ``@`` in it: ``parse_url`` refuses it): only the host after the ``@``
+    is kept, and nothing of the path or query.
     """
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme:
         return None
-    rest = rest.partition("#")[0]
-    before_query, _, query = rest.partition("?")
-    userinfo, at, host_and_path = before_query.rpartition("@")
-    if at and "?" in userinfo:  # the "@" sat in the query: no userinfo after all
+    userinfo, at, after = rest.rpartition("@")
+    before_query, _, query = after.partition("#")[0].partition("?")
+    if not before_query.partition("/")[0]:
         return None
-    if not host_and_path.partition("/")[0]:
-        return None
-    return scheme, userinfo, host_and_path, query, at
+    if "?" in userinfo or "#" in userinfo:
+        host, slash, path = before_query.partition("/")
+        # Everything after the host counts as query: its values are registered, never shown.
+        rest_after_host = f"{slash}{path}&{query}" if query else f"{slash}{path}"
+        return (scheme, userinfo, host, rest_after_host, at) if _HOST.fullmatch(host) else None
+    return scheme, userinfo, before_query, query, at
 
 
 def redact_url(url: str) -> str:
     """Return ``url`` safe to log.
 
     The userinfo becomes ``REDACTED`` (user and password alike, and everything
-    up to the last ``@`` before the query), every query value becomes
+    up to the last ``@``: see ``_split_url``), every query value becomes
     ``REDACTED`` (keys are kept; a bare item without ``=`` counts as a value),
     the fragment is dropped; scheme, host, port and path are kept. Anything
     that is not ``scheme://host...`` is ``REDACTED`` as a whole. Never raises.
@@ -64,7 +72,7 @@ def redact_url(url: str) -> str:
         if at:
             text += f"{REDACTED}:{REDACTED}@" if ":" in userinfo else f"{REDACTED}@"
         text += host_and_path
-        if query:
+        if query and not ("?" in userinfo or "#" in userinfo):
             text += "?" + "&".join(_redact_query_item(item) for item in query.split("&"))
         return text
     except Exception:  # garbage in: reveal nothing rather than raise in a log call
@@ -89,6 +97,8 @@ def url_secrets(url: str) -> list[str]:
         found: list[str] = []
         if at:
             found += [userinfo, *userinfo.split(":", 1)]
+            if "?" in userinfo or "#" in userinfo:  # ambiguous: each part may be a value
+                found += _AMBIGUOUS_PARTS.split(userinfo)
         for item in query.split("&"):
             key, eq, value = item.partition("=")
             found.append(value if eq else key)

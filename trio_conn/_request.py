@@ -47,8 +47,9 @@ def parse_url(url: object, shown_as: str) -> Target:
     :param shown_as: how the URL appears in error messages (redacted).
     :raises TypeError: ``url`` is not a str.
     :raises ValueError: the URL is empty, not ws:// or wss://, has no host,
-        contains whitespace or a control character, has an ``@`` in its path
-        (ambiguous, see the code) or an invalid port; the message says which.
+        contains whitespace or a control character, has an ``@`` in its path,
+        query or fragment (ambiguous, see the code) or an invalid port; the
+        message says which and shows the URL redacted.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, got {type(url).__name__}")
@@ -67,6 +68,14 @@ def parse_url(url: object, shown_as: str) -> Target:
         raise ValueError(
             "url has '@' after its first '/' (a password or token with an unencoded '/'?): "
             f"percent-encode '/' in the userinfo as %2F, or '@' in the path as %40: {shown_as!r}"
+        )
+    if "@" in parts.query or "@" in parts.fragment:
+        # Ambiguous too: "ws://user:pa?ss@host/" is a password with an
+        # unencoded "?" to a person, a host "user" and a query to RFC 3986.
+        raise ValueError(
+            "url has '@' after a '?' or '#' (a password or token with an unencoded '?' or "
+            "'#'?): percent-encode them in the userinfo as %3F and %23, or '@' in the query "
+            f"as %40: {shown_as!r}"
         )
     host = parts.hostname
     if not host:
