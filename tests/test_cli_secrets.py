@@ -7,6 +7,7 @@ process connected to the fault server for what it prints.
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import subprocess
 
@@ -59,14 +60,19 @@ def test_an_argument_error_names_the_argument_never_its_text(
         assert f"-H[{len(args) // 2 - 1}] must be 'Name: value' and has no ':'" in line
 
 
-async def test_binary_messages_never_print_a_header_secret() -> None:
+async def test_binary_and_escaped_messages_never_print_a_header_secret() -> None:
     """Real clock: a real process connected over TCP, stopped with SIGINT."""
     token = "Pa<ss>&w/rd&1234&ab/cd/ef&gh<ij>"
     raw = token.encode()
+    go = token.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    php = json.dumps(token)[1:-1].replace("/", "\\/")
     pushed: list[str | bytes] = [
         raw,  # the token alone, as bytes
         b"auth=" + raw,  # at offset 5: another base64 alignment
         b"\x00\xff" + raw + b"\x01",  # among bytes that are not UTF-8
+        base64.b64encode(json.dumps({"k": token}).encode()),  # base64 inside the bytes
+        f'{{"echo":"{go}"}}',  # Go's encoding/json
+        f'{{"echo":"{php}"}}',  # PHP's json_encode
     ]
     with trio.fail_after(30):
         async with open_fault_server() as server:
@@ -100,6 +106,7 @@ async def test_binary_messages_never_print_a_header_secret() -> None:
         "base64:YXV0aD0= REDACTED ",
         "base64:AP8= REDACTED AQ==",
     ]
+    assert lines[4:] == ['{"echo":"REDACTED"}'] * 2
     for line in lines:
         assert "REDACTED" in line
         for form in (token, *base64_at_every_offset(raw)):

@@ -256,7 +256,7 @@ async def test_fresh_tokens_per_attempt_keep_the_secret_set_bounded(
 # --- the property: any secret, any encoding, any fragment, any place, any format ---------
 
 SECRET = st.text(
-    alphabet=st.sampled_from(string.ascii_letters + string.digits + "-_.~/+=:@%\"\\'é€"),
+    alphabet=st.sampled_from(string.ascii_letters + string.digits + "-_.~/+=:@%\"\\'é€&<>"),
     min_size=MIN_FRAGMENT,
     max_size=40,
 )
@@ -272,6 +272,16 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "base64": lambda s: base64.b64encode(s.encode()).decode(),
     "base64-unpadded": lambda s: base64.b64encode(s.encode()).decode().rstrip("="),
     "base64-url": lambda s: base64.urlsafe_b64encode(s.encode()).decode(),
+    "json-go": lambda s: re.sub(  # Go's encoding/json: UTF-8, "&<>" escaped
+        r"[&<>]", lambda m: f"\\u{ord(m.group()):04x}", json.dumps(s, ensure_ascii=False)[1:-1]
+    ),
+    "json-php": lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
+    "json-upper-hex": lambda s: re.sub(
+        r"\\u[0-9a-f]{4}", lambda m: "\\u" + m.group()[2:].upper(), json.dumps(s)[1:-1]
+    ),
+    "percent-mixed-case": lambda s: re.sub(
+        r"%[0-9A-F]{2}", lambda m: m.group().lower() if m.start() % 2 else m.group(), quote(s, "")
+    ),
 }
 PLACES = ("error", "reason", "application", "traceback")
 

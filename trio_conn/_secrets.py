@@ -1,16 +1,20 @@
-"""Secrets, and finding them in any text, in any encoding, by any 8-character fragment.
+r"""Secrets, and finding them in any text, in any encoding, by any 8-character fragment.
 
 Rules of the house:
 
 - A registered secret is found in the forms an error message or a log line
-  may carry it: raw, percent-encoded (upper- and lower-case hex, with and
-  without ``/`` kept, ``+`` for spaces), JSON- and backslash-escaped, and
-  base64 (standard and URL-safe, with and without padding) of its UTF-8
-  bytes; and each of those once more JSON-escaped or ``repr()``-escaped (a
-  JSON line quoting an escaped form, the console's repr of a field). It is
-  found by any fragment of :data:`MIN_FRAGMENT` characters or more of any of
-  those forms, so a secret cut by a truncation, or echoed in part, is found
-  too.
+  may carry it: raw, percent-encoded (with and without ``/`` kept, ``+`` for
+  spaces), JSON-escaped as Python, Go (``\u0026`` for ``&``, ``<``, ``>``,
+  U+2028, U+2029), .NET (also ``'``, ``+`` and the backtick) and PHP (``\/``) write
+  it, backslash-escaped, and base64 (standard and URL-safe, with and without
+  padding) of its UTF-8 bytes, also inside a larger payload, at any of the
+  three byte alignments; and each of those once more JSON-escaped or
+  ``repr()``-escaped (a JSON line quoting an escaped form, the console's
+  repr of a field). Hex digits are matched in either case, mixed within one
+  text too (``%2F`` and ``%2f``, ``\u00E9``: see :func:`fold`). A secret is
+  found by any fragment of :data:`MIN_FRAGMENT` characters or
+  more of any of those forms, so a secret cut by a truncation, or echoed in
+  part, is found too.
 - Shorter secrets (:data:`MIN_SECRET` to ``MIN_FRAGMENT - 1`` characters)
   are found only whole (not inside a longer word or number), and only in the
   text fields of an event (a reason, an error message), not in the whole
@@ -41,33 +45,66 @@ REDACTED = "REDACTED"
 MIN_FRAGMENT = 8
 #: Secrets shorter than this are ignored.
 MIN_SECRET = 4
-_HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_FOLD = str.maketrans("ABCDEF", "abcdef")
+_GO_ESCAPES = str.maketrans(
+    {"&": "\\u0026", "<": "\\u003c", ">": "\\u003e", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_NET_ESCAPES = str.maketrans(
+    {"&": "\\u0026", "<": "\\u003c", ">": "\\u003e", "'": "\\u0027", "+": "\\u002b", "`": "\\u0060"}
+)
+_URLSAFE = str.maketrans("+/", "-_")
 _CACHED_TEXTS = 2048
 _SCALARS = frozenset({int, float, bool, type(None)})
 _CACHED_LENGTH = 4096
 
 
 def forms(secret: str) -> set[str]:
-    """The encodings of ``secret`` a text may carry it in (see the module's rules)."""
+    """The encodings of ``secret`` a text may carry it in (see the module's rules),
+    folded as :func:`fold` folds a text."""
+    ascii_json = json.dumps(secret)[1:-1]
+    utf8_json = json.dumps(secret, ensure_ascii=False)[1:-1]
     found = {
         secret,
         quote(secret, safe=""),
         quote(secret),  # "/" kept
         quote_plus(secret),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
+        ascii_json,
+        utf8_json,
+        utf8_json.translate(_GO_ESCAPES),  # Go's encoding/json
+        ascii_json.translate(_NET_ESCAPES),  # .NET's System.Text.Json
+        ascii_json.replace("/", "\\/"),  # PHP's json_encode
+        utf8_json.replace("/", "\\/"),  # ... with JSON_UNESCAPED_UNICODE
         secret.encode("unicode_escape").decode("ascii"),
     }
-    found |= {_HEX_ESCAPE.sub(lambda m: m.group().lower(), form) for form in list(found)}
     raw = secret.encode("utf-8")
-    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
-        text = encoded.decode("ascii")
-        found |= {text, text.rstrip("=")}
+    for offset in range(3):
+        # Inside a larger payload the secret starts at any byte: the base64
+        # characters of the groups holding only its bytes are the same
+        # whatever surrounds it; the partial groups at either edge are not.
+        encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
+        texts = [encoded[4 if offset else 0 : (offset + len(raw)) // 3 * 4]]
+        if not offset:
+            texts += [encoded, encoded.rstrip("=")]
+        for text in texts:
+            found |= {text, text.translate(_URLSAFE)}
     # Once more escaped: an escaped form inside a JSON string or a repr()
     # (a message quoting JSON, the console's repr of a field).
     found |= {json.dumps(form)[1:-1] for form in list(found)}
     found |= {repr(form)[1:-1] for form in list(found)}
-    return {form for form in found if len(form) >= MIN_SECRET}
+    return {fold(form) for form in found if len(form) >= MIN_SECRET}
+
+
+def fold(text: str) -> str:
+    """``text`` with ``A``-``F`` in lower case: the same length, so a span found
+    in the folded text is the span in ``text``.
+
+    Hex digits are written in either case (``%2F`` and ``%2f``, ``\\u00E9``
+    and ``\\u00e9``), mixed within one text, and a fragment may start after
+    the ``%`` or the ``\\u``: folding every A-F, not only escapes, finds them
+    all. The price (decision): a text that differs from a secret only in the
+    case of those six letters is hidden too.
+    """
+    return text.translate(_FOLD)
 
 
 class SecretSet:
@@ -151,7 +188,7 @@ class SecretSet:
         if clean is not None:
             return clean
         with self._lock:
-            clean = self._scrub(text, short)
+            clean = self._scrub(text, fold(text), short)
         if len(text) <= _CACHED_LENGTH:
             if len(cache) >= _CACHED_TEXTS:  # a crude bound: texts that repeat come back
                 cache.clear()
@@ -184,7 +221,8 @@ class SecretSet:
             out[key] = value
         return out
 
-    def _scrub(self, text: str, with_short: bool) -> str:
+    def _scrub(self, text: str, folded: str, with_short: bool) -> str:
+        """``text`` with what is found in ``folded`` (the same length) replaced."""
         runs = self._runs
         if runs is None:
             alphabet = "".join(sorted(self._alphabet))
@@ -192,20 +230,20 @@ class SecretSet:
         grams, short = self._grams, self._short if with_short else None
         spans: list[tuple[int, int]] = []
         width = MIN_FRAGMENT
-        for run in runs.finditer(text):
+        for run in runs.finditer(folded):
             start, end = run.span()
             if short:
-                chunk = text[start:end]
+                chunk = folded[start:end]
                 for form in short:
                     found = chunk.find(form)
                     while found != -1:
                         begin, finish = start + found, start + found + len(form)
-                        if _whole(text, begin, finish):
+                        if _whole(folded, begin, finish):
                             spans.append((begin, finish))
                         found = chunk.find(form, found + 1)
             if grams and end - start >= width:
                 for i in range(start, end - width + 1):
-                    if text[i : i + width] in grams:
+                    if folded[i : i + width] in grams:
                         spans.append((i, i + width))
         if not spans:
             return text
