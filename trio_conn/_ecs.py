@@ -41,6 +41,7 @@ from typing import Any, cast
 import ecs_logging
 from structlog.typing import EventDict, WrappedLogger
 
+from ._sink import json_line
 from ._vocabulary import EVENT_NAMES, HEARTBEAT_MISSED, HOOK_FAILED, STATE_CHANGED, sentence
 
 ECS_VERSION = "8.11.0"
@@ -198,7 +199,7 @@ class ECSFormatter(ecs_logging.StructlogFormatter):
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         result: str = super().__call__(logger, name, cast("dict[str, Any]", event_dict))
-        return result
+        return json_line(result)  # ecs_logging leaves DEL and, unasked, may leave more raw
 
     def format_to_ecs(self, event_dict: dict[str, Any]) -> dict[str, Any]:
         event_dict["ecs.version"] = ECS_VERSION

@@ -7,15 +7,9 @@ warns and changes nothing unless ``force=True``.
 
 Rules of the house for the pipelines built here:
 
-- The sink's step, right before the renderer, scrubs every registered secret,
-  in every encoding (trio_conn/_secrets.py), from every key and every value
-  of the event, recursively: the traceback, the error message, the
-  application's own fields and context, and the repr of any object the
-  renderer would write through ``repr``. The renderer adds only its own
-  constants, so the rendered line holds no secret, and a JSON line stays
-  valid JSON whatever was replaced. (Scrubbing values rather than the
-  rendered text lets repeated values, a URL or a reason, cost one lookup:
-  a JSON event stays within its 10 us budget.)
+- The sink's step, right before the renderer, scrubs every registered secret
+  from every key and value of the event, and JSON lines escape every
+  non-printable character (trio_conn/_sink.py).
 - The stream given is the one written to (never its ``buffer``), so it lives
   as long as the configuration, whoever else drops it.
 - ECS mapping: trio_conn/_ecs.py.
@@ -32,14 +26,12 @@ import warnings
 from collections.abc import Mapping
 from typing import IO, Any, Literal
 
-import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ._ecs import ECSFormatter, ECSMapper
-from ._events import CLEAN_MARK, SINK_ATTRIBUTE
 from ._redact import error_message, error_type_name
-from ._secrets import SECRETS
+from ._sink import drop_mark, render_json, scrub_event
 from ._vocabulary import EVENT_NAMES, LIBRARY_FIELDS, sentence
 
 LogFormat = Literal["json", "ecs", "console"]
@@ -57,86 +49,6 @@ TRIO_WEBSOCKET_LOGGER = "trio-websocket"
 
 _METHOD_LEVEL = {"warn": "warning", "exception": "error"}
 _UTC = datetime.UTC
-_JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
-# Deeper values are written as one scrubbed string when a line is rendered again.
-_MAX_DEPTH = 64
-
-
-def scrub_line(line: str) -> str:
-    """A rendered text line (the CLI's own output) with every registered secret replaced."""
-    return SECRETS.scrub(line, short=False)
-
-
-def _scrubbed_value(value: Any, depth: int) -> Any:
-    """``value`` with every registered secret replaced in every string it holds.
-
-    What a renderer would write through ``repr`` (any object that is not a
-    JSON value) becomes its scrubbed repr here, so that nothing reaches the
-    line unscrubbed. Containers deeper than :data:`_MAX_DEPTH` become one
-    scrubbed string.
-    """
-    if isinstance(value, str):
-        return SECRETS.scrub(value, short=False)
-    if value is None or isinstance(value, bool | int | float | datetime.datetime):
-        return value
-    if depth >= _MAX_DEPTH:
-        return SECRETS.scrub(_safe_repr(value), short=False)
-    if isinstance(value, dict):
-        return {
-            _scrubbed_value(key, depth + 1): _scrubbed_value(item, depth + 1)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_scrubbed_value(item, depth + 1) for item in value]
-    structlog_repr = getattr(value, "__structlog__", None)
-    text = structlog_repr() if callable(structlog_repr) else _safe_repr(value)
-    return SECRETS.scrub(text if isinstance(text, str) else _safe_repr(text), short=False)
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception:  # an object whose repr raises: say so, the event goes on
-        return f"<unrepresentable {type(value).__name__}>"
-
-
-def _scrub_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
-    """The sink's step: every key and value of the event scrubbed (see the module).
-
-    It runs after every processor that adds or changes a field and right
-    before the renderer, which adds only its own constants (a level, a
-    timestamp, punctuation), so the rendered line holds no registered secret.
-    A library event says which of its fields it scrubbed when it was built
-    (``CLEAN_MARK``, valid while no secret was added or removed since): only
-    the others are scanned here.
-    """
-    mark = ev.pop(CLEAN_MARK, None)
-    if not SECRETS:
-        return ev
-    if mark is not None and mark[0] == SECRETS.version:
-        dirty = ev.keys() - mark[1] - _HEAD_KEYS
-        if not dirty:
-            return ev
-        if all(SECRETS.scrub(key, short=False) == key for key in dirty if isinstance(key, str)):
-            for key in dirty:
-                ev[key] = _scrubbed_value(ev[key], 0)
-            return ev
-    return SECRETS.scrub_items(ev.items(), _scrub_nested)
-
-
-setattr(_scrub_event, SINK_ATTRIBUTE, True)  # what ConnectionEvents looks for
-# Keys the json chain adds itself (a datetime and a level name).
-_HEAD_KEYS = frozenset({"timestamp", "level"})
-
-
-def _drop_mark(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
-    """The ecs and console chains rename or drop fields before their sink: no shortcut."""
-    ev.pop(CLEAN_MARK, None)
-    return ev
-
-
-def _scrub_nested(value: Any) -> Any:
-    return _scrubbed_value(value, 1)
 
 
 class _ExceptionFields:
@@ -180,31 +92,6 @@ def _json_head(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventD
     head["timestamp"] = now
     head["level"] = level
     return head
-
-
-def _orjson_default(value: Any) -> Any:
-    structlog_repr = getattr(value, "__structlog__", None)
-    return structlog_repr() if callable(structlog_repr) else repr(value)
-
-
-def _render_json(logger: WrappedLogger, method_name: str, ev: EventDict) -> str:
-    try:
-        raw = orjson.dumps(ev, default=_orjson_default, option=_JSON_OPTIONS)
-    except TypeError:  # an int beyond 64 bits, say: written as text rather than lost
-        raw = orjson.dumps(
-            {str(key): _json_safe(value) for key, value in ev.items()},
-            default=_safe_repr,
-            option=_JSON_OPTIONS,
-        )
-    return raw.decode("utf-8")
-
-
-def _json_safe(value: Any) -> Any:
-    if value is None or isinstance(value, str | bool | float | datetime.datetime):
-        return value
-    if isinstance(value, int) and -(2**63) <= value < 2**64:
-        return value
-    return SECRETS.scrub(_safe_repr(value), short=False)
 
 
 def _console_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
@@ -323,16 +210,16 @@ def configure_logging(
     target: Any = sys.stdout if stream is None else stream
     sink: Any = target if _is_text(target) else _BytesToText(target)
     processors: list[Processor] = [
-        *([] if format == "json" else [_drop_mark]),
+        *([] if format == "json" else [drop_mark]),
         structlog.contextvars.merge_contextvars,
         _ExceptionFields(with_traceback=min_level <= logging.DEBUG),
     ]
     if format == "json":
-        processors += [_json_head, _scrub_event, _render_json]
+        processors += [_json_head, scrub_event, render_json]
     elif format == "ecs":
         processors += [
             ECSMapper(service_name),
-            _scrub_event,
+            scrub_event,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
             ECSFormatter(),  # must be last: it returns the line
         ]
@@ -345,7 +232,7 @@ def configure_logging(
         processors += [
             _console_event,
             structlog.processors.add_log_level,
-            _scrub_event,
+            scrub_event,
             structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=True),
             renderer,
         ]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import unicodedata
 
-_NOT_PRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: Unicode categories never written raw (to a terminal, or in a JSON line).
+NOT_PRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -28,7 +29,7 @@ def _escape(ch: str) -> str:
     named = _NAMED.get(ch)
     if named is not None:
         return named
-    if ch.isprintable() or unicodedata.category(ch) not in _NOT_PRINTABLE:
+    if ch.isprintable() or unicodedata.category(ch) not in NOT_PRINTABLE:
         return ch
     code = ord(ch)
     if code < 0x100:

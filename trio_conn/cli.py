@@ -23,11 +23,12 @@ import trio
 from ._config import ConnectionConfig
 from ._connection import open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
-from ._logging import FORMATS, LEVELS, LogFormat, configure_logging, scrub_line
+from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
 from ._redact import header_secrets, redact_url, url_secrets
 from ._report import build_report, render_text
 from ._request import check_headers, check_subprotocols, parse_url
 from ._secrets import REDACTED, SECRETS
+from ._sink import scrub_line
 from ._terminal import printable
 from ._transport import Data, Session
 
