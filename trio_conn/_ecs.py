@@ -39,9 +39,10 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import ecs_logging
+import orjson
 from structlog.typing import EventDict, WrappedLogger
 
-from ._sink import json_line
+from ._sink import json_line, safe_event, safe_repr
 from ._vocabulary import EVENT_NAMES, HEARTBEAT_MISSED, HOOK_FAILED, STATE_CHANGED, sentence
 
 ECS_VERSION = "8.11.0"
@@ -117,7 +118,10 @@ def _label_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(value, default=repr, ensure_ascii=False)
+    try:
+        return json.dumps(value, default=safe_repr, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # a tuple key, a cycle: its repr
+        return safe_repr(value)
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -140,6 +144,12 @@ class ECSMapper:
         self.service_name = service_name
 
     def __call__(self, logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
+        try:
+            return self._map(ev)
+        except Exception:  # a field no rule foresaw: the event goes on, its fields as text
+            return self._map(safe_event(ev))
+
+    def _map(self, ev: EventDict) -> EventDict:
         name = str(ev.get("event"))
         out: EventDict = {}
         library = name in EVENT_NAMES
@@ -189,6 +199,11 @@ def _generic(out: EventDict, key: str, value: Any) -> None:
         out.setdefault(f"labels.{label_key(key)}", _label_value(value))
 
 
+def _message(event_dict: EventDict) -> str:
+    message = event_dict.get("event", event_dict.get("message"))
+    return str(safe_event({"message": message})["message"])
+
+
 class ECSFormatter(ecs_logging.StructlogFormatter):
     """``ecs_logging``'s formatter, stamping :data:`ECS_VERSION` instead of 1.6.0.
 
@@ -198,7 +213,18 @@ class ECSFormatter(ecs_logging.StructlogFormatter):
     """
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
-        result: str = super().__call__(logger, name, cast("dict[str, Any]", event_dict))
+        try:
+            result: str = super().__call__(logger, name, cast("dict[str, Any]", event_dict))
+        except Exception:  # e.g. "http" as a label and "http.request.method" as a field
+            result = orjson.dumps(
+                {
+                    "@timestamp": event_dict.get("@timestamp"),
+                    "log.level": name,
+                    "message": _message(event_dict),
+                    "ecs.version": ECS_VERSION,
+                    "labels": {"logging_error": "the event's fields could not be written"},
+                }
+            ).decode("utf-8")
         return json_line(result)  # ecs_logging leaves DEL and, unasked, may leave more raw
 
     def format_to_ecs(self, event_dict: dict[str, Any]) -> dict[str, Any]:

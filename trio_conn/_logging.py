@@ -31,7 +31,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ._ecs import ECSFormatter, ECSMapper
 from ._redact import error_message, error_type_name
-from ._sink import drop_mark, render_json, scrub_event
+from ._sink import drop_mark, render_json, safe_event, scrub_event
 from ._vocabulary import EVENT_NAMES, LIBRARY_FIELDS, sentence
 
 LogFormat = Literal["json", "ecs", "console"]
@@ -114,6 +114,16 @@ def _console_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> Ev
     if error and str(error) not in text:
         out["error_message"] = error
     return out
+
+
+class _ConsoleRenderer(structlog.dev.ConsoleRenderer):
+    """structlog's renderer; an event it cannot write is written as text fields."""
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        try:
+            return str(super().__call__(logger, name, dict(event_dict)))
+        except Exception:  # a repr that raises, say: every field as safe text
+            return str(super().__call__(logger, name, safe_event(event_dict)))
 
 
 class _BytesToText:
@@ -225,7 +235,7 @@ def configure_logging(
         ]
     else:
         isatty = getattr(target, "isatty", None)
-        renderer = structlog.dev.ConsoleRenderer(
+        renderer = _ConsoleRenderer(
             colors=bool(callable(isatty) and isatty()),
             exception_formatter=structlog.dev.plain_traceback,
         )

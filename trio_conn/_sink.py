@@ -59,15 +59,31 @@ def _scrubbed_value(value: Any, depth: int) -> Any:
     if depth >= _MAX_DEPTH:
         return SECRETS.scrub(safe_repr(value), short=False)
     if isinstance(value, dict):
-        return {
-            _scrubbed_value(key, depth + 1): _scrubbed_value(item, depth + 1)
-            for key, item in value.items()
-        }
+        return {_scrubbed_key(key): _scrubbed_value(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_scrubbed_value(item, depth + 1) for item in value]
-    structlog_repr = getattr(value, "__structlog__", None)
-    text = structlog_repr() if callable(structlog_repr) else safe_repr(value)
-    return SECRETS.scrub(text if isinstance(text, str) else safe_repr(text), short=False)
+    return SECRETS.scrub(_text_of(value), short=False)
+
+
+def _scrubbed_key(key: Any) -> Any:
+    """A dict key every renderer writes: a str (scrubbed), a number, a bool or None
+    as it is, any other (a tuple, a frozenset) its scrubbed repr: a list, what
+    the values' rule makes of a tuple, is no key at all."""
+    if isinstance(key, str):
+        return SECRETS.scrub(key, short=False)
+    if key is None or isinstance(key, bool | int | float):
+        return key
+    return SECRETS.scrub(safe_repr(key), short=False)
+
+
+def _text_of(value: Any) -> str:
+    """What a renderer writes of an object: its ``__structlog__`` or its repr. Never raises."""
+    try:
+        structlog_repr = getattr(value, "__structlog__", None)
+        text = structlog_repr() if callable(structlog_repr) else None
+    except Exception:  # the object's own hook fails: its repr says what it is
+        text = None
+    return text if isinstance(text, str) else safe_repr(value)
 
 
 def safe_repr(value: Any) -> str:
@@ -79,6 +95,19 @@ def safe_repr(value: Any) -> str:
 
 def scrub_event(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
     """The sink's step: every key and value of the event scrubbed (see the module).
+
+    Never raises: an event whose fields defeat every rule (a key that cannot
+    hash once scrubbed, a repr that fails inside a repr) goes on as
+    :func:`safe_event` makes it.
+    """
+    try:
+        return _scrub_event(ev)
+    except Exception:
+        return safe_event(ev)
+
+
+def _scrub_event(ev: EventDict) -> EventDict:
+    """The work of :func:`scrub_event`.
 
     It runs after every processor that adds or changes a field and right
     before the renderer, which adds only its own constants (a level, a
@@ -122,23 +151,39 @@ def _orjson_default(value: Any) -> Any:
 
 
 def render_json(logger: WrappedLogger, method_name: str, ev: EventDict) -> str:
+    """The json line. Never raises: what orjson refuses (an int beyond 64 bits, a
+    lone surrogate, a key of no JSON type) is written as :func:`safe_event` makes it."""
     try:
         raw = orjson.dumps(ev, default=_orjson_default, option=_JSON_OPTIONS)
-    except TypeError:  # an int beyond 64 bits, say: written as text rather than lost
-        raw = orjson.dumps(
-            {str(key): _json_safe(value) for key, value in ev.items()},
-            default=safe_repr,
-            option=_JSON_OPTIONS,
-        )
+    except Exception:
+        raw = orjson.dumps(safe_event(ev), option=_JSON_OPTIONS)
     return json_line(raw.decode("utf-8"))
 
 
-def _json_safe(value: Any) -> Any:
-    if value is None or isinstance(value, str | bool | float | datetime.datetime):
+def safe_event(ev: EventDict) -> EventDict:
+    """``ev`` as any renderer writes it: every key a str, every value a scrubbed
+    str, a number within 64 bits, a bool, None or a datetime; a string holding
+    a lone surrogate gets it as an escape. Never raises."""
+    out: EventDict = {}
+    for key, value in list(ev.items()):
+        out[_safe_text(key if isinstance(key, str) else safe_repr(key))] = _safe_scalar(value)
+    return out
+
+
+def _safe_scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool | float | datetime.datetime):
         return value
     if isinstance(value, int) and -(2**63) <= value < 2**64:
         return value
-    return SECRETS.scrub(safe_repr(value), short=False)
+    return _safe_text(value if isinstance(value, str) else _text_of(value))
+
+
+def _safe_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: UTF-8 cannot hold it
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return SECRETS.scrub(text, short=False)
 
 
 def json_line(line: str) -> str:
