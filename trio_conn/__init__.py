@@ -7,6 +7,7 @@ from ._exceptions import (
     ConnectionRejected,
     HeartbeatTimeout,
     NotConnected,
+    ProxyRefused,
     SendInterrupted,
     TrioConnError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "MessageHeartbeat",
     "NotConnected",
     "PingHeartbeat",
+    "ProxyRefused",
     "RecoveryRecord",
     "RetryPolicy",
     "SendInterrupted",

@@ -23,6 +23,7 @@ from ._events import ConnectionEvents
 from ._exception_groups import holds_only, reraise
 from ._exceptions import ConnectionClosed, NotConnected
 from ._heartbeat import Heartbeat, PingHeartbeat
+from ._proxy import choose_proxy
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
 from ._redact import redact_url
 from ._request import (
@@ -67,6 +68,7 @@ class ManagedConnection:
         subprotocols: Sequence[str] = (),
         compression: str | None = "deflate",
         admission: Admission | None = None,
+        proxy: bool | str | None = True,
     ) -> None:
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         target = parse_url(url, shown)
@@ -95,6 +97,15 @@ class ManagedConnection:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
         check_compression(compression)
+        if open_stream is not None and proxy is not True and proxy is not None:
+            raise ValueError(
+                "proxy and open_stream were both given: open_stream opens the streams "
+                "itself (a tunnel of your own goes there), so the proxy would never be used"
+            )
+        # An application's own open_stream: the environment's proxy is not for it.
+        chosen = (
+            None if open_stream is not None else choose_proxy(proxy, target.host, target.secure)
+        )
 
         #: The connection id (``conn_id`` in every event).
         self.name = name or f"conn-{next(_names)}-{secrets.token_hex(3)}"
@@ -110,10 +121,13 @@ class ManagedConnection:
             open_stream=open_stream or open_tcp,
             subprotocols=check_subprotocols(subprotocols),
             compression=compression is not None,
+            proxy=chosen,
         )
         events = ConnectionEvents(self.name, url)
         if headers is not None and not callable(headers):
             events.add_secrets(value for _, value in headers)  # known now: hidden from the start
+        if chosen is not None:
+            events.add_secrets(chosen.secrets)
         self._supervisor = Supervisor(
             spec,
             events,
@@ -131,6 +145,12 @@ class ManagedConnection:
     def url(self) -> str:
         """The URL, redacted as in the logs."""
         return self._supervisor.url
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy every attempt goes through, redacted as in the logs; None: direct."""
+        proxy = self._supervisor.spec.proxy
+        return None if proxy is None else proxy.shown
 
     @property
     def subprotocol(self) -> str | None:
@@ -327,6 +347,7 @@ async def open_connection(
     ssl_context: ssl.SSLContext | None = None,
     subprotocols: Sequence[str] = (),
     compression: str | None = "deflate",
+    proxy: bool | str | None = True,
     open_stream: StreamOpener | None = None,
 ) -> AsyncIterator[ManagedConnection]:
     """Open a managed connection to ``url`` and keep it alive for the block.
@@ -378,10 +399,22 @@ async def open_connection(
     :param compression: ``"deflate"`` (default) offers permessage-deflate
         (RFC 7692), inflated data checked against ``max_message_size`` as it
         inflates; None offers nothing.
+    :param proxy: True (default): the proxy the environment names
+        (``https_proxy`` for wss://, ``http_proxy`` for ws://, ``all_proxy``,
+        upper case too; ``no_proxy`` honoured), read once, now; None: never
+        a proxy; or a proxy URL: ``http://``, ``https://`` (TLS to the
+        proxy, with ``ssl_context``) or ``socks5://``, with optional
+        ``user:password@`` (secrets, never logged). The tunnel is part of
+        each attempt (within ``connect_timeout``); ``conn.proxy`` shows the
+        one chosen, redacted. A refusal raises :class:`ProxyRefused` in the
+        failure: ``rejected`` for HTTP 407 or bad SOCKS credentials, else
+        ``network``.
     :param open_stream: ``async (host: str, port: int) -> trio.abc.Stream``
-        used instead of TCP (a proxy tunnel, or ``FaultServer.open_stream``
-        for exact virtual-time tests); None (default): TCP. TLS goes over
-        it for ``wss://``.
+        used instead of TCP (a tunnel of your own, or
+        ``FaultServer.open_stream`` for exact virtual-time tests); None
+        (default): TCP, or the proxy. TLS goes over it for ``wss://``. Given,
+        the environment's proxy is not used; a ``proxy`` URL with it:
+        ValueError.
     :raises ValueError: a bad URL or argument value (the message says which).
     :raises TypeError: an argument of the wrong type, or a hook of the wrong
         colour (async where plain is needed, or the reverse).
@@ -399,6 +432,7 @@ async def open_connection(
         open_stream=open_stream,
         subprotocols=subprotocols,
         compression=compression,
+        proxy=proxy,
     )
     supervisor = conn._supervisor
     user_error: BaseException | None = None

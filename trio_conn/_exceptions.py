@@ -89,6 +89,41 @@ class ConnectionRejected(TrioConnError):
         return f"ConnectionRejected(status_code={self.status_code!r})"
 
 
+class ProxyRefused(TrioConnError):
+    """The proxy would not open a tunnel to the server.
+
+    :ivar proxy: the proxy's URL, redacted (no credentials).
+    :ivar status_code: an HTTP proxy's answer to ``CONNECT`` (RFC 9110
+        section 9.3.6), or None.
+    :ivar reply_code: a SOCKS5 proxy's reply code (RFC 1928 section 6), or None.
+    :ivar authentication: True when it refused our credentials or wants some
+        (HTTP 407, a failed SOCKS5 authentication): the failure is
+        ``rejected``; otherwise ``network``.
+    """
+
+    def __init__(
+        self,
+        proxy: str,
+        *,
+        status_code: int | None = None,
+        reply_code: int | None = None,
+        authentication: bool = False,
+    ) -> None:
+        if status_code is not None:
+            answer = f"HTTP status {status_code}"
+        elif reply_code is not None:
+            answer = f"SOCKS5 reply {reply_code:#04x}"
+        elif authentication:
+            answer = "authentication failed"
+        else:
+            answer = "no valid answer"
+        super().__init__(f"proxy {proxy} refused the tunnel: {answer}")
+        self.proxy = proxy
+        self.status_code = status_code
+        self.reply_code = reply_code
+        self.authentication = authentication
+
+
 class HeartbeatTimeout(TrioConnError):
     """The peer missed ``misses`` consecutive heartbeats: it is judged dead."""
 

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 
 import trio
 
-from ._exceptions import ConnectionClosed, ConnectionRejected, HeartbeatTimeout, leaves
+from ._exceptions import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HeartbeatTimeout,
+    ProxyRefused,
+    leaves,
+)
 from ._policy import ErrorKind, FailureDetails, RetryPolicy
 
 _REJECTED_STATUSES = frozenset({401, 403})
@@ -80,6 +86,9 @@ def _describe(exc: BaseException) -> FailureDetails:
         return FailureDetails(kind, error, status_code=status, retry_after=retry_after)
     if isinstance(error, ConnectionClosed):
         return FailureDetails(ErrorKind.UNEXPECTED_CLOSE, error, close_code=error.code)
+    if isinstance(error, ProxyRefused):  # 407 or bad SOCKS credentials will not heal alone
+        kind = ErrorKind.REJECTED if error.authentication else ErrorKind.NETWORK
+        return FailureDetails(kind, error, status_code=error.status_code)
     if isinstance(error, HeartbeatTimeout):
         return FailureDetails(ErrorKind.HEARTBEAT, error)
     if isinstance(error, trio.TooSlowError | TimeoutError):

@@ -140,6 +140,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         ssl_context: ssl.SSLContext | Unset | None = UNSET,
         subprotocols: Sequence[str] | Unset = UNSET,
         compression: str | Unset | None = UNSET,
+        proxy: bool | str | Unset | None = UNSET,
         open_stream: StreamOpener | Unset | None = UNSET,
     ) -> ManagedConnection:
         """Start a member for ``key`` and return its connection (connecting already).
@@ -174,6 +175,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             ssl_context=self._default("ssl_context", ssl_context),
             subprotocols=self._default("subprotocols", subprotocols),
             compression=self._default("compression", compression),
+            proxy=self._default("proxy", proxy),
             open_stream=self._default("open_stream", open_stream),
         )
         async with self._lock(key):
@@ -216,6 +218,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         ssl_context: ssl.SSLContext | Unset | None = UNSET,
         subprotocols: Sequence[str] | Unset = UNSET,
         compression: str | Unset | None = UNSET,
+        proxy: bool | str | Unset | None = UNSET,
         open_stream: StreamOpener | Unset | None = UNSET,
     ) -> ManagedConnection:
         """Replace the member for ``key`` with a new one; return the new connection.
@@ -248,6 +251,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
                 ("ssl_context", ssl_context),
                 ("subprotocols", subprotocols),
                 ("compression", compression),
+                ("proxy", proxy),
                 ("open_stream", open_stream),
             )
             if value is not UNSET and not (name == "url" and value is None)
@@ -322,6 +326,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             open_stream=options.open_stream,
             subprotocols=options.subprotocols,
             compression=options.compression,
+            proxy=options.proxy,
             admission=self._admission,
         )
         return _Member(conn, options)
@@ -399,6 +404,7 @@ async def open_connection_group(
     ssl_context: ssl.SSLContext | None = None,
     subprotocols: Sequence[str] = (),
     compression: str | None = "deflate",
+    proxy: bool | str | None = True,
     open_stream: StreamOpener | None = None,
 ) -> AsyncIterator[ConnectionGroup]:
     """Open a group of managed connections, one per key, for the block.
@@ -419,8 +425,8 @@ async def open_connection_group(
         (one shared object); None (default): ``ConnectionConfig()``.
     :param heartbeat: the members' default heartbeat (shared; the built-in
         ones hold no state). Default ``PingHeartbeat()``.
-    :param ssl_context, subprotocols, compression, open_stream: the members'
-        defaults, as :func:`~trio_conn.open_connection` takes them.
+    :param ssl_context, subprotocols, compression, proxy, open_stream: the
+        members' defaults, as :func:`~trio_conn.open_connection` takes them.
     :raises ValueError: ``attempts_per_second`` not a finite number > 0,
         ``attempt_burst`` < 1, or a default that open_connection refuses.
     :raises TypeError: an argument of the wrong type.
@@ -442,6 +448,7 @@ async def open_connection_group(
         "ssl_context": ssl_context,
         "subprotocols": check_subprotocols(subprotocols),
         "compression": compression,
+        "proxy": proxy,
         "open_stream": open_stream,
     }
     user_error: BaseException | None = None

@@ -49,6 +49,7 @@ class MemberOptions:
     ssl_context: ssl.SSLContext | None
     subprotocols: Sequence[str]
     compression: str | None
+    proxy: bool | str | None
     open_stream: StreamOpener | None
 
 

@@ -35,6 +35,7 @@ from ._handshake import handshake
 from ._heartbeat import Heartbeat, HeartbeatMonitor
 from ._mailbox import Mailbox
 from ._policy import FailureDetails
+from ._proxy import ProxySpec, open_tunnel
 from ._request import StreamOpener, Target, check_headers
 from ._transport import WebSocket
 
@@ -59,6 +60,8 @@ class SessionSpec:
     open_stream: StreamOpener
     subprotocols: tuple[str, ...]
     compression: bool
+    #: The proxy every attempt goes through, or None.
+    proxy: ProxySpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +222,10 @@ async def run_session(
 async def _open(spec: SessionSpec, streams: list[trio.abc.Stream]) -> trio.abc.Stream:
     """Open the byte stream, TLS over it for wss://; every stream goes into ``streams``."""
     target = spec.target
-    stream = await spec.open_stream(target.host, target.port)
+    if spec.proxy is not None:
+        stream = await open_tunnel(spec.proxy, target.host, target.port, spec.ssl_context)
+    else:
+        stream = await spec.open_stream(target.host, target.port)
     streams.append(stream)
     if target.secure:
         context = spec.ssl_context or ssl.create_default_context()

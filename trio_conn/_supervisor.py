@@ -115,6 +115,11 @@ class Supervisor:
         return self._life.state
 
     @property
+    def spec(self) -> SessionSpec:
+        """What every attempt needs (fixed for the connection's life)."""
+        return self._spec
+
+    @property
     def url(self) -> str:
         """The URL as the events show it (redacted)."""
         return self._events.url
