@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,3 +142,75 @@ def test_the_reported_lines_are_malformed_not_fatal(tmp_path: Path) -> None:
             assert report["overall"]["observed_s"] == 25.0
         else:
             assert "== \\x1b[2J\\x1b]52;c;ZXZpbA==\\x07feed: 12.5 s observed" in result.stdout
+
+
+def run_report(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        trio_conn_command("report", *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+        check=False,
+        **kwargs,
+    )
+
+
+def test_a_rate_too_large_for_a_float_is_null_not_a_refusal(tmp_path: Path) -> None:
+    log = tmp_path / "tiny.ndjson"
+    log.write_text(json.dumps({**GOOD_JSON, "duration_s": 1e-310}) + "\n")  # a flap in 1e-310 s
+    result = run_report(str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    connection = json.loads(result.stdout, parse_constant=not_json)["connections"][0]
+    assert (connection["flaps"], connection["flaps_per_hour"]) == (1, None)
+    text = run_report(str(log)).stdout
+    assert "flaps 1 (-)" in text
+    check_output([json.dumps({**GOOD_JSON, "conn_id": 10**400})])  # was an OverflowError
+
+
+def test_a_closed_stdin_is_one_error_line() -> None:
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *trio_conn_command("report", "-")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "trio-conn: error: cannot read -: stdin is closed\n",
+    )
+
+
+def test_a_plot_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    log = tmp_path / "events.ndjson"
+    log.write_text(json.dumps(GOOD_JSON) + "\n")
+    target = tmp_path / "missing" / "timeline.png"
+    result = run_report(str(log), "--plot", str(target))
+    assert result.returncode == 2
+    assert result.stderr == f"trio-conn: error: cannot write {target}: No such file or directory\n"
+    assert "== overall" in result.stdout  # the report itself is printed first
+
+
+def test_a_dollar_in_a_connection_id_is_text_on_the_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from trio_conn._plot import draw_timeline
+
+    odd = {**GOOD_JSON, "conn_id": "cost $\\frac{1}$"}
+    lines = [json.dumps(GOOD_JSON), json.dumps(odd)]
+    log = tmp_path / "events.ndjson"
+    log.write_text("\n".join(lines) + "\n")
+    target = tmp_path / "timeline.png"
+    result = run_report(str(log), "--plot", str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = draw_timeline(build_report(lines))
+    try:
+        figure.canvas.draw()  # mathtext would fail here
+        labels = figure.axes[0].get_yticklabels()
+        assert [label.get_text() for label in labels] == ["feed", "cost $\\\\frac{1}$"]
+    finally:
+        plt.close(figure)

@@ -26,6 +26,7 @@ def plot_timeline(report: Report, path: Path) -> None:
     """Write :func:`draw_timeline`'s figure to ``path`` as a PNG.
 
     :raises PlotUnavailable: matplotlib is missing (``pip install 'trio-conn[plot]'``).
+    :raises OSError: ``path`` cannot be written.
     """
     figure = draw_timeline(report)
     try:
@@ -94,7 +95,8 @@ def draw_timeline(report: Report) -> Any:
                 linewidth=0.4,
                 zorder=3,
             )
-    axes.set_yticks(range(len(conn_ids)), labels=[printable(c) for c in conn_ids])
+    # parse_math=False: a "$" in a connection id is text, not mathtext to parse.
+    axes.set_yticks(range(len(conn_ids)), labels=[printable(c) for c in conn_ids], parse_math=False)
     axes.set_ylim(-0.6, rows - 0.4)
     axes.invert_yaxis()  # the first connection on top, as in the text report
     axes.set_xlabel("seconds since the connection's first event")

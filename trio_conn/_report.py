@@ -68,8 +68,10 @@ class ConnectionFigures:
 
     @property
     def flaps_per_hour(self) -> float | None:
+        """None when nothing was observed, or so little that the rate is no number
+        (a flap in 1e-310 s is infinitely many per hour)."""
         observed = self.observed_s
-        return self.flaps * 3600.0 / observed if observed > 0 else None
+        return _finite(self.flaps * 3600.0 / observed) if observed > 0 else None
 
     def share(self, state: str) -> float:
         observed = self.observed_s
@@ -86,27 +88,32 @@ class ConnectionFigures:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``--json``)."""
         states = [s for s in STATES if s in self.time_by_state or s in self.stays]
+        # Every figure finite or None: --json is strict JSON, whatever the input.
         return {
             "conn_id": self.conn_id,
-            "observed_s": self.observed_s,
+            "observed_s": _finite(self.observed_s),
             "states": {
                 state: {
-                    "time_s": self.time_by_state.get(state, 0.0),
-                    "share": self.share(state),
+                    "time_s": _finite(self.time_by_state.get(state, 0.0)),
+                    "share": _finite(self.share(state)),
                     "stays": len(self.stays.get(state, [])),
-                    "mean_stay_s": self.mean_stay(state),
-                    "longest_stay_s": self.longest_stay(state),
+                    "mean_stay_s": _finite(self.mean_stay(state)),
+                    "longest_stay_s": _finite(self.longest_stay(state)),
                 }
                 for state in states
             },
             "transitions": {f"{a}->{b}": n for (a, b), n in sorted(self.transitions.items())},
             "attempts": self.attempts,
             "failures": self.failures,
-            "failure_rate": self.failure_rate,
+            "failure_rate": _finite(self.failure_rate),
             "flaps": self.flaps,
             "flaps_per_hour": self.flaps_per_hour,
             "stuck_events": self.stuck,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
 
 
 @dataclass
@@ -216,8 +223,10 @@ def _text(value: object) -> str | None:
         return value
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        return str(value) if math.isfinite(value) and abs(value) < 10**300 else None
+    if isinstance(value, int):  # math.isfinite() overflows on an int beyond a float
+        return str(value) if abs(value) < 10**300 else None
+    if isinstance(value, float):
+        return str(value) if math.isfinite(value) else None
     return None
 
 

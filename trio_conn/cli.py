@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import trio
 
@@ -25,7 +24,7 @@ from ._connection import open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
 from ._redact import header_secrets, redact_url, url_secrets
-from ._report import build_report, render_text
+from ._report_command import run_report
 from ._request import check_headers, check_subprotocols, parse_url
 from ._secrets import REDACTED, SECRETS
 from ._sink import scrub_line
@@ -149,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a connected stay shorter than this that ends in reconnecting is a flap "
         "(default 30, the default stable_after)",
     )
-    report.set_defaults(run=_run_report)
+    report.set_defaults(run=run_report)
     return parser
 
 
@@ -356,49 +355,6 @@ async def _connect(url: str, options: _ConnectOptions) -> int | None:
                 async for message in conn:
                     print(format_message(message), flush=True)
     return received[0] if received else None
-
-
-# -- report ------------------------------------------------------------------------
-
-
-def _lines(paths: Sequence[str]) -> Iterator[str]:
-    for path in paths:
-        if path == "-":
-            buffer = getattr(sys.stdin, "buffer", None)
-            # Bytes that are not UTF-8 make a line malformed, never the command fail.
-            yield from (
-                sys.stdin
-                if buffer is None
-                else io.TextIOWrapper(buffer, encoding="utf-8", errors="replace")
-            )
-            continue
-        try:
-            with open(path, encoding="utf-8", errors="replace") as file:
-                yield from file
-        except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _run_report(args: argparse.Namespace) -> int:
-    if not args.flap_threshold >= 0:
-        raise ValueError(f"--flap-threshold must be >= 0, got {args.flap_threshold}")
-    report = build_report(_lines(args.files), flap_threshold=args.flap_threshold)
-    if args.json:
-        output: Any = report.as_dict()
-        print(json.dumps(output, indent=2, allow_nan=False))  # strict JSON (RFC 8259)
-    else:
-        sys.stdout.write(render_text(report))
-    if report.malformed:
-        print(f"trio-conn: {report.malformed} malformed lines skipped", file=sys.stderr)
-    if args.plot is not None:
-        from ._plot import PlotUnavailable, plot_timeline
-
-        try:
-            plot_timeline(report, args.plot)
-        except PlotUnavailable as exc:
-            print(f"trio-conn: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m trio_conn.cli
