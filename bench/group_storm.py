@@ -212,14 +212,23 @@ class Witnesses:
 
 
 def cpu_per_second(samples: list[tuple[float, float]], start: float, end: float) -> list[float]:
-    """Client CPU share in each second [i, i+1) after ``start``, up to ``end``."""
+    """Client CPU share in each second [i, i+1) after ``start``, up to ``end``.
+
+    Each pair of samples is spread over the seconds it spans: a pause of the
+    monitor (a long garbage collection) leaves no second without a figure.
+    """
     cpu = [0.0] * (int(end - start) + 1)
     wall = [0.0] * len(cpu)
     for (before, cpu_before), (after, cpu_after) in itertools.pairwise(samples):
-        if start <= after <= end:
-            second = int(after - start)
-            cpu[second] += cpu_after - cpu_before
-            wall[second] += after - before
+        if after <= start or before >= end or after <= before:
+            continue
+        share = (cpu_after - cpu_before) / (after - before)
+        low, high = max(before, start), min(after, end)
+        for second in range(int(low - start), int(high - start) + 1):
+            overlap = min(high, start + second + 1) - max(low, start + second)
+            if overlap > 0 and second < len(cpu):
+                cpu[second] += share * overlap
+                wall[second] += overlap
     return [c / w if w else 0.0 for c, w in zip(cpu, wall, strict=True)]
 
 
