@@ -7,6 +7,7 @@ so these tests use the real clock (each takes well under a second).
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -29,6 +30,7 @@ from trio_conn import (
     open_connection,
 )
 from trio_conn._proxy import bypassed, choose_proxy, parse_proxy
+from trio_conn.cli import main
 from trio_conn.testing import open_fault_server
 
 S = ConnectionState
@@ -330,3 +332,69 @@ async def test_an_https_proxy_is_reached_over_tls_with_the_ssl_context() -> None
                 await conn.wait_for_state(S.CONNECTED)
                 await conn.send("tls in tls")
                 assert await conn.receive() == "tls in tls"
+
+
+# -- the CLI -------------------------------------------------------------------------
+
+
+def test_connect_refuses_a_bad_proxy_without_showing_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["connect", "ws://example.com/", "--proxy", f"ftp://u:{PASSWORD}@h:21"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trio-conn: error: --proxy must be an http://, https://, socks5://")
+    assert PASSWORD not in err
+
+
+async def test_connect_goes_through_the_proxy_it_is_given() -> None:
+    """Real clock: a real trio-conn process, through pproxy, stopped with SIGINT."""
+    with trio.fail_after(30):
+        async with (
+            pproxy(f"socks5://127.0.0.1:{{port}}#alice:{PASSWORD}") as (port, _),
+            open_fault_server() as server,
+        ):
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trio_conn",
+                    "connect",
+                    server.url,
+                    "--proxy",
+                    f"socks5://alice:{PASSWORD}@127.0.0.1:{port}",
+                    "--send",
+                    "through",
+                    "--log-format",
+                    "json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert process.stdout is not None
+            assert process.stderr is not None
+            stdout = stderr = b""
+            try:
+                while b"\n" not in stdout:
+                    chunk = await process.stdout.receive_some(4096)
+                    assert chunk, "trio-conn connect exited early"
+                    stdout += chunk
+                process.send_signal(signal.SIGINT)
+                async with trio.open_nursery() as nursery:
+
+                    async def drain_stderr() -> None:
+                        nonlocal stderr
+                        assert process.stderr is not None
+                        while chunk := await process.stderr.receive_some(65536):
+                            stderr += chunk
+
+                    nursery.start_soon(drain_stderr)
+                    await process.wait()
+            finally:
+                process.kill()
+                await process.wait()
+                await process.stdout.aclose()
+                await process.stderr.aclose()
+    assert stdout.decode().splitlines() == ["through"]
+    assert server.connections[0].received == ["through"]
+    assert PASSWORD not in stderr.decode()
+    assert '"to_state":"connected"' in stderr.decode().replace(" ", "")

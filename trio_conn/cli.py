@@ -23,6 +23,7 @@ from ._config import ConnectionConfig
 from ._connection import open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import FORMATS, LEVELS, LogFormat, configure_logging
+from ._proxy import parse_proxy
 from ._redact import header_secrets, redact_url, url_secrets
 from ._report_command import run_report
 from ._request import check_headers, check_subprotocols, parse_url
@@ -129,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help=f"largest message accepted; a larger one closes with 1009 "
         f"(default {defaults.max_message_size})",
+    )
+    connect.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="http://, https:// or socks5:// proxy, with optional user:password@ "
+        "(default: the https_proxy/http_proxy/all_proxy environment variables, no_proxy "
+        "honoured); 'none': connect directly",
     )
     connect.add_argument("--name", help="connection id in every event")
     _logging_options(connect)
@@ -268,6 +276,7 @@ def _run_connect(args: argparse.Namespace) -> int:
     held = SECRETS.add(
         [
             *url_secrets(args.url),
+            *(url_secrets(args.proxy) if args.proxy else []),
             *(part for text in args.header for part in header_secrets(_value_part(text))),
         ]
     )
@@ -290,6 +299,11 @@ def _checked_connect(args: argparse.Namespace) -> int:
         [parse_header(text, index) for index, text in enumerate(args.header)], "-H"
     )
     subprotocols = check_subprotocols(args.subprotocol)
+    proxy: bool | str | None = True
+    if args.proxy is not None:
+        proxy = None if args.proxy.lower() == "none" else args.proxy
+        if proxy is not None:
+            parse_proxy(proxy, "--proxy")
     config = ConnectionConfig(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
@@ -308,6 +322,7 @@ def _checked_connect(args: argparse.Namespace) -> int:
         name=args.name,
         subprotocols=subprotocols,
         compression=None if args.no_compression else "deflate",
+        proxy=proxy,
     )
     signum = trio.run(_connect, args.url, options)
     return 0 if signum is None else 128 + signum  # the shell's convention: 130 for Ctrl-C
@@ -322,6 +337,7 @@ class _ConnectOptions:
     name: str | None
     subprotocols: tuple[str, ...]
     compression: str | None
+    proxy: bool | str | None
 
 
 async def _connect(url: str, options: _ConnectOptions) -> int | None:
@@ -351,6 +367,7 @@ async def _connect(url: str, options: _ConnectOptions) -> int | None:
                 name=options.name,
                 subprotocols=options.subprotocols,
                 compression=options.compression,
+                proxy=options.proxy,
             ) as conn:
                 async for message in conn:
                     print(format_message(message), flush=True)
