@@ -53,11 +53,14 @@ def test_a_full_bucket_admits_the_burst_at_once_then_one_per_interval() -> None:
 @pytest.mark.parametrize(
     ("rate", "burst", "error", "match"),
     [
-        (0.0, 1, ValueError, "finite number > 0"),
-        (-1.0, 1, ValueError, "finite number > 0"),
-        (math.inf, 1, ValueError, "finite number > 0"),
+        (0.0, 1, ValueError, "finite number from 1e-06 to 1e"),
+        (-1.0, 1, ValueError, "finite number from 1e-06 to 1e"),
+        (math.inf, 1, ValueError, "finite number from 1e-06 to 1e"),
         ("10", 1, TypeError, "must be a number"),
-        (10.0, 0, ValueError, "attempt_burst must be >= 1"),
+        (10.0, 0, ValueError, "attempt_burst must be from 1 to 1,000,000"),
+        (10.0, 10**400, ValueError, "attempt_burst must be from 1 to 1,000,000"),
+        (1e-309, 1, ValueError, "finite number from 1e-06 to 1e"),
+        (1e10, 1, ValueError, "cannot space attempts closer"),
         (10.0, True, TypeError, "attempt_burst must be an int"),
     ],
 )
@@ -104,3 +107,32 @@ def test_the_lifecycle_waits_for_admission_in_the_state_it_starts_from() -> None
     step = first.next_action(retry_at + 0.5)
     assert first.state is S.DISCONNECTED
     assert step.action == Wait(math.inf)
+
+
+def test_a_slot_given_back_is_the_next_one_taken_and_the_rate_still_holds() -> None:
+    """Fifty reserved, then all given back (their members removed while they
+    waited): the next member does not wait behind them."""
+    admission = Admission(10.0, 1)
+    slots = [admission.reserve(0.0) for _ in range(50)]
+    assert slots[-1] == pytest.approx(4.9)
+    for slot in slots:
+        admission.release(slot, 0.5)
+    assert admission.backlog(0.5) == pytest.approx(0.1)  # the first slot ahead
+    taken = [admission.reserve(0.5) for _ in range(5)]
+    assert taken == pytest.approx([0.6, 0.7, 0.8, 0.9, 1.0])  # never closer than 0.1 s
+    admission.release(0.2, 0.5)  # already passed: nothing to give back
+    assert admission.reserve(0.5) == pytest.approx(1.1)
+
+
+def test_a_member_stopped_while_it_waits_gives_its_slot_to_the_next() -> None:
+    admission = Admission(1.0, 1)
+    config = ConnectionConfig(retry=RetryPolicy(jitter=0.0))
+    lives = [Lifecycle(config, now=0.0, has_hook=False, admission=admission) for _ in range(30)]
+    for life in lives:
+        life.next_action(0.0)
+    for life in lives[1:]:
+        life.request_stop(S.CLOSED, "removed")
+        life.next_action(0.0)
+    newcomer = Lifecycle(config, now=0.0, has_hook=False, admission=admission)
+    step = newcomer.next_action(0.0)
+    assert step.action == Wait(1.0)  # the slot right after the one member left

@@ -140,10 +140,14 @@ async def test_a_key_twice_or_a_missing_key_is_a_clear_error(
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"attempts_per_second": 0}, ValueError, "attempts_per_second must be a finite number > 0"),
-        ({"attempts_per_second": math.nan}, ValueError, "finite number > 0"),
+        (
+            {"attempts_per_second": 0},
+            ValueError,
+            "attempts_per_second must be a finite number from 1e-06 to 1e",
+        ),
+        ({"attempts_per_second": math.nan}, ValueError, "finite number from 1e-06 to 1e"),
         ({"attempts_per_second": True}, TypeError, "attempts_per_second must be a number"),
-        ({"attempt_burst": 0}, ValueError, "attempt_burst must be >= 1"),
+        ({"attempt_burst": 0}, ValueError, "attempt_burst must be from 1 to 1,000,000"),
         ({"attempt_burst": 1.5}, TypeError, "attempt_burst must be an int"),
         ({"compression": "zstd"}, ValueError, "compression must be 'deflate'"),
         ({"compression": True}, TypeError, "compression must be 'deflate' or None, got a bool"),
@@ -511,3 +515,236 @@ async def test_admission_spreads_a_thousand_members_after_a_server_restart(
     windows = Counter(math.floor(at - restart) for at in after)
     assert max(windows.values()) <= rate + burst
     assert delayed > members  # the first wave alone was held for all but the burst
+
+
+async def test_restart_from_the_members_own_on_failed_rotates_the_cookie(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The cookie bot's move: on a 403, fetch a new cookie and restart the member,
+    from on_failed itself. Its close waits for the hook: restart returns at once,
+    and the new member starts once the old one has closed."""
+    cookies = {"acct": "v1"}
+    async with open_fault_server() as server:
+        server.reject_next(1, 403)
+        async with open_connection_group(open_stream=server.open_stream) as group:
+
+            async def headers() -> list[tuple[str, str]]:
+                return [("Cookie", cookies["acct"])]
+
+            async def on_failed(info: FailureInfo) -> bool:
+                cookies["acct"] = "v2"
+                with trio.fail_after(1):  # it must not wait for its own close
+                    await group.restart("acct")
+                return False
+
+            old = await group.add("acct", server.url, headers=headers, on_failed=on_failed)
+            with trio.fail_after(60):
+                await old.wait_for_state(S.CLOSED)
+                await trio.testing.wait_all_tasks_blocked()  # the group starts the new one
+                assert group["acct"] is not old
+                await group["acct"].wait_for_state(S.CONNECTED)
+            assert [c.header("cookie") for c in server.connections] == ["v1", "v2"]
+            assert group.statistics().attempts == 2  # the old member's attempt counts
+
+
+@pytest.mark.parametrize("hook", ["on_connect", "on_failed"])
+async def test_remove_from_the_members_own_hook_returns_and_the_member_ends(
+    autojump_clock: trio.testing.MockClock, hook: str
+) -> None:
+    removed = trio.Event()
+    async with open_fault_server() as server:
+        if hook == "on_failed":
+            server.reject_next(1, 401)
+        async with open_connection_group(open_stream=server.open_stream) as group:
+
+            async def remove_self() -> None:
+                with trio.fail_after(1):
+                    await group.remove("acct")
+                removed.set()
+
+            async def on_connect(session: Session) -> None:
+                await remove_self()
+
+            async def on_failed(info: FailureInfo) -> bool:
+                await remove_self()
+                return False
+
+            if hook == "on_connect":
+                conn = await group.add("acct", server.url, on_connect=on_connect)
+            else:
+                conn = await group.add("acct", server.url, on_failed=on_failed)
+            with trio.fail_after(30):
+                await removed.wait()
+                await conn.wait_for_state(S.CLOSED)
+            assert "acct" not in group
+            await trio.testing.wait_all_tasks_blocked()
+            assert not [name for name in library_tasks() if name.endswith(" acct")]
+            assert group.statistics().attempts == 1
+
+
+async def test_a_handler_that_returns_closes_its_member_and_counts_stay(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    async def read_one(conn: ManagedConnection) -> None:
+        await conn.receive()  # then returns: nobody would read any more
+
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+        conn = await group.add("once", server.url, handler=read_one)
+        await group.add("other", server.url)
+        await conn.wait_for_state(S.CONNECTED)
+        await group["other"].wait_for_state(S.CONNECTED)
+        await server.push("one")
+        await conn.wait_for_state(S.CLOSED)
+        stats = group.statistics()
+        assert stats.closed == ("once",)
+        assert stats.attempts == 2
+        await group.remove("once")
+        await group.restart("other")
+        assert group.statistics().attempts == 2  # removed and replaced members still count
+        assert group["other"].state is not S.CLOSED
+    (closing,) = [
+        e
+        for e in events
+        if e["event"] == "connection.state_changed"
+        and e["conn_id"] == "once"
+        and e["to_state"] == "closed"
+    ]
+    assert closing["reason"] == "handler returned"
+    assert not [e for e in events if e["event"] == "connection.hook_failed"]
+
+
+# -- from an adversarial review -------------------------------------------------------
+
+
+async def test_a_restart_racing_the_blocks_end_starts_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A restart waiting on the old member's close when the block is left: it
+    raises ClosedResourceError, and the block ends (no member left running)."""
+    outcome: list[BaseException] = []
+    async with open_fault_server() as server, trio.open_nursery() as outer:
+        async with open_connection_group(open_stream=server.open_stream) as group:
+            old = await group.add("a", server.url)
+            await old.wait_for_state(S.CONNECTED)
+            server.freeze()  # the old member's close takes its close_timeout
+
+            async def restart() -> None:
+                try:
+                    await group.restart("a")
+                except trio.ClosedResourceError as exc:
+                    outcome.append(exc)
+
+            outer.start_soon(restart)
+            await trio.sleep(0.5)  # restart is inside the old member's close
+        assert [str(exc) for exc in outcome] == ["the connection group is closing"]
+        assert [conn.state for conn in group.values()] == [S.CLOSED]
+        server.thaw()
+
+
+async def test_members_removed_from_handlers_tasks_end_within_their_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A handler's child task removing its own member, and two handlers each
+    removing the other's member: nothing waits for itself, every member ends."""
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+
+        async def remove_own_from_a_child(conn: ManagedConnection) -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def child() -> None:
+                    await conn.receive()
+                    await group.remove(conn.name)
+
+                nursery.start_soon(child)
+
+        def remove_other(other: str) -> Any:
+            async def handler(conn: ManagedConnection) -> None:
+                await conn.receive()
+                await group.remove(other)
+                await trio.sleep_forever()
+
+            return handler
+
+        await group.add("own", server.url, handler=remove_own_from_a_child)
+        await group.add("a", server.url, handler=remove_other("b"))
+        await group.add("b", server.url, handler=remove_other("a"))
+        for key in ("own", "a", "b"):
+            await group[key].wait_for_state(S.CONNECTED)
+        started = trio.current_time()
+        with trio.fail_after(60):
+            await server.push("go")
+            while len(group):  # bounded by fail_after; each remove ends its member
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.sleep(1)
+        assert trio.current_time() - started <= 3 * ConnectionConfig().close_timeout
+        await trio.testing.wait_all_tasks_blocked()
+        assert library_tasks() == []
+
+
+async def test_a_handlers_error_after_close_is_still_scrubbed(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    token = "tok3nS3cretValue42"
+
+    async def raise_after_close(conn: ManagedConnection) -> None:
+        async for _ in conn:
+            pass
+        raise RuntimeError(f"session with token {token} ended")
+
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+        conn = await group.add(
+            "a", server.url, handler=raise_after_close, headers=[("Authorization", token)]
+        )
+        await conn.wait_for_state(S.CONNECTED)
+        await group.remove("a")
+    (failed,) = [e for e in events if e["event"] == "connection.hook_failed"]
+    assert failed["error_message"] == "session with token REDACTED ended"
+
+
+async def test_values_and_items_are_snapshots(autojump_clock: trio.testing.MockClock) -> None:
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+        for key in "abc":
+            await group.add(key, server.url)
+        seen = []
+        for key, conn in group.items():
+            seen.append((key, conn.name))
+            if key == "a":
+                await group.remove("b")
+        assert seen == [("a", "a"), ("b", "b"), ("c", "c")]
+        assert [conn.name for conn in group.values()] == ["a", "c"]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+async def test_a_handlers_keyboard_interrupt_comes_out_as_itself(
+    autojump_clock: trio.testing.MockClock, error: type[BaseException]
+) -> None:
+    async def interrupted(conn: ManagedConnection) -> None:
+        await conn.receive()
+        raise error
+
+    members: list[ManagedConnection] = []
+
+    async def run_group(server: FaultServer) -> None:
+        async with open_connection_group(open_stream=server.open_stream) as group:
+            members.append(await group.add("a", server.url, handler=interrupted))
+            members.append(await group.add("b", server.url))
+            await members[0].wait_for_state(S.CONNECTED)
+            await server.push("stop")
+            await trio.sleep_forever()
+
+    async with open_fault_server() as server:
+        with pytest.raises(error):
+            await run_group(server)
+    assert [conn.state for conn in members] == [S.CLOSED, S.CLOSED]

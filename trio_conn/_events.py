@@ -361,9 +361,10 @@ class ConnectionEvents:
     def recovery(self, record: RecoveryRecord) -> None:
         """Emit ``connection.recovery``: the on_failed hook answered.
 
-        ``info`` with outcome ``success`` when it refreshed the credentials,
-        ``error`` with outcome ``failure`` otherwise; ``detail`` says why it
-        failed when there is no exception (e.g. the hook returned a non-bool).
+        ``info`` with outcome ``success`` when it refreshed the credentials;
+        outcome ``failure`` otherwise, at ``warning`` when it answered False
+        (nothing to refresh) and ``error`` when it raised, hung or answered a
+        non-bool (``detail`` says why when there is no exception).
         """
         conn_id, url = self._shown()
         fields: dict[str, Any] = {
@@ -376,7 +377,13 @@ class ConnectionEvents:
         self._add_error(fields, record.error)
         if record.detail is not None:
             fields["detail"] = record.detail
-        self._emit("info" if record.refreshed else "error", RECOVERY, fields)
+        if record.refreshed:
+            level = "info"
+        elif record.error is None and record.detail is None:
+            level = "warning"  # False: nothing to refresh; FAILED itself was logged as error
+        else:
+            level = "error"
+        self._emit(level, RECOVERY, fields)
 
     @_never_raises
     def hook_failed(self, *, hook: str, error: BaseException) -> None:

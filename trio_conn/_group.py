@@ -20,16 +20,31 @@ Rules of the house:
   shielded and bounded: the close within ``close_timeout`` plus a margin,
   then the member's handler gets ``close_timeout`` to drain what was
   buffered, then it is cancelled.
-- A handler that raises is logged (``connection.hook_failed``, hook
-  ``handler``) and closes its own member only; the member stays in the group,
-  CLOSED, until removed or restarted.
+- The handler owns its member's life, as a server's handler owns its
+  connection: when it returns, the member is closed (reason ``handler
+  returned``); when it raises, the error is logged (``connection.hook_failed``,
+  hook ``handler``) and the member is closed. Either way only that member,
+  which stays in the group, CLOSED (``statistics().closed``), until removed
+  or restarted.
+- ``remove`` or ``restart`` called from the member's own ``on_connect`` or
+  ``on_failed`` cannot wait for its close (the close waits for the hook):
+  the request is made and the rest is finished by a task of the group's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    ItemsView,
+    Iterator,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -40,6 +55,7 @@ from ._checks import check_async_callable
 from ._config import ConnectionConfig
 from ._connection import ManagedConnection, close_within_bound, supervisor_of
 from ._exception_groups import holds_only, reraise
+from ._exceptions import leaves
 from ._heartbeat import Heartbeat, PingHeartbeat
 from ._membership import (
     UNSET,
@@ -73,7 +89,15 @@ DEFAULT_ATTEMPT_BURST: Final = 10
 
 
 class _Member:
-    __slots__ = ("conn", "handler_done", "handler_scope", "handler_task", "options", "run_done")
+    __slots__ = (
+        "conn",
+        "handler_done",
+        "handler_scope",
+        "handler_task",
+        "options",
+        "run_done",
+        "run_task",
+    )
 
     def __init__(self, conn: ManagedConnection, options: MemberOptions) -> None:
         self.conn = conn
@@ -82,6 +106,35 @@ class _Member:
         self.handler_scope = trio.CancelScope()
         self.handler_done = trio.Event()
         self.handler_task: trio.lowlevel.Task | None = None
+        self.run_task: trio.lowlevel.Task | None = None  # its supervisor's: hooks run there
+
+    def calls_from_its_hooks(self) -> bool:
+        """Whether the current task is the member's supervisor or one it started:
+        its on_connect, its on_failed, or a task of theirs. Such a caller cannot
+        wait for the member's close (the close waits for the hook)."""
+        return _within(self.run_task)
+
+
+def _forget_secrets_when_done(member: _Member) -> None:
+    """Once the member's supervisor and handler have both ended, no event of it
+    follows: its secrets can go (a handler's error after CLOSED is still scrubbed)."""
+    if member.run_done.is_set() and member.handler_done.is_set():
+        supervisor_of(member.conn).events.forget_secrets()
+
+
+def _within(ancestor: trio.lowlevel.Task | None) -> bool:
+    """Whether the current task is ``ancestor`` or a task below it."""
+    if ancestor is None:
+        return False
+    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+    for _ in range(1000):  # a task tree is never that deep; bounded anyway
+        if task is None:
+            return False
+        if task is ancestor:
+            return True
+        nursery = task.parent_nursery
+        task = None if nursery is None else nursery.parent_task
+    return False
 
 
 class ConnectionGroup(Mapping[str, ManagedConnection]):
@@ -105,6 +158,9 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         self._members: dict[str, _Member] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._closing = False
+        # Attempts and failures of members gone (removed, replaced): totals never go back.
+        self._past_attempts = 0
+        self._past_failures = 0
 
     # -- the mapping -----------------------------------------------------------------
 
@@ -119,6 +175,14 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._members
+
+    def values(self) -> ValuesView[ManagedConnection]:
+        """The members' connections present now (a snapshot: members may change)."""
+        return {key: member.conn for key, member in self._members.items()}.values()
+
+    def items(self) -> ItemsView[str, ManagedConnection]:
+        """``(key, connection)`` pairs present now (a snapshot)."""
+        return {key: member.conn for key, member in self._members.items()}.items()
 
     def __repr__(self) -> str:
         return f"<ConnectionGroup of {len(self._members)} members>"
@@ -191,7 +255,10 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
 
         Returns once it is closed and gone: within ``close_timeout`` plus a
         second, and its handler's ``close_timeout``. Shielded from
-        cancellation (a half-removed member would be worse).
+        cancellation (a half-removed member would be worse). Called from the
+        member's own ``on_connect`` or ``on_failed`` (which its close waits
+        for), it forgets the member and returns at once; the member closes
+        when the hook returns.
 
         :raises KeyError: ``key`` is not a member.
         """
@@ -199,8 +266,15 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             member = self._members.get(key)
             if member is None:
                 raise KeyError(f"{key!r} is not a member of the group")
+            if member.calls_from_its_hooks():
+                del self._members[key]
+                self._forget(member)
+                supervisor_of(member.conn).request_stop(S.CLOSED, reason)
+                self._nursery.start_soon(self._finish, member)
+                return
             await self._stop(member, reason)
             del self._members[key]
+            self._forget(member)
 
     async def restart(
         self,
@@ -263,7 +337,15 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
                 raise KeyError(f"{key!r} is not a member of the group; add() starts one")
             options = dataclasses.replace(old.options, **changes)
             new = self._make(key, options)  # raises before the old member is touched
+            if old.calls_from_its_hooks():  # its close waits for the caller: finish later
+                supervisor_of(old.conn).request_stop(S.CLOSED, reason)
+                self._nursery.start_soon(self._replace_later, key, old, new, reason)
+                return new.conn
             await self._stop(old, reason)
+            self._forget(old)
+            if self._closing:  # the group began closing meanwhile: new must not run
+                supervisor_of(new.conn).events.forget_secrets()
+                raise trio.ClosedResourceError("the connection group is closing")
             self._start(key, new)  # no checkpoint since the old one ended
             return new.conn
 
@@ -272,20 +354,26 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         by_state = dict.fromkeys(S, 0)
         attempts = failures = 0
         failed: list[str] = []
+        closed: list[str] = []
         for key, member in self._members.items():
-            stats = member.conn.statistics()
-            by_state[stats.state] += 1
-            attempts += stats.attempts
-            failures += stats.total_failures
-            if stats.state is S.FAILED:
+            supervisor = supervisor_of(member.conn)
+            state = supervisor.state
+            by_state[state] += 1
+            member_attempts, member_failures = supervisor.totals()  # no whole snapshot each
+            attempts += member_attempts
+            failures += member_failures
+            if state is S.FAILED:
                 failed.append(key)
+            elif state is S.CLOSED:
+                closed.append(key)
         admission = self._admission
         return GroupStatistics(
             members=len(self._members),
             by_state=FrozenMap(by_state),
-            attempts=attempts,
-            total_failures=failures,
+            attempts=self._past_attempts + attempts,
+            total_failures=self._past_failures + failures,
             failed=tuple(sorted(failed)),
+            closed=tuple(sorted(closed)),
             admission_backlog=0.0 if admission is None else admission.backlog(trio.current_time()),
         )
 
@@ -332,6 +420,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         return _Member(conn, options)
 
     def _start(self, key: str, member: _Member) -> None:
+        assert not self._closing, "a member started while the group closes would never end"
         self._members[key] = member
         self._nursery.start_soon(self._run, member, name=f"trio_conn member {key}")
         handler = member.options.handler
@@ -342,12 +431,36 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
                 self._run_handler, member, handler, name=f"trio_conn handler {key}"
             )
 
+    def _forget(self, member: _Member) -> None:
+        """A member leaves the group: its figures join the totals of the past."""
+        attempts, failures = supervisor_of(member.conn).totals()
+        self._past_attempts += attempts
+        self._past_failures += failures
+
+    async def _finish(self, member: _Member) -> None:
+        """End a member whose close was requested from its own hook (shielded)."""
+        with trio.CancelScope(shield=True):
+            await member.run_done.wait()  # the hook returns, CLOSED follows
+            await self._end_handler(member, member.conn.config.close_timeout)
+
+    async def _replace_later(self, key: str, old: _Member, new: _Member, reason: str) -> None:
+        """Restart requested from the old member's own hook: start ``new`` once
+        ``old`` has ended, unless the key changed meanwhile (then ``new`` never runs)."""
+        async with self._lock(key):
+            await self._stop(old, reason)
+            if self._members.get(key) is old and not self._closing:
+                self._forget(old)
+                self._start(key, new)
+            else:
+                supervisor_of(new.conn).events.forget_secrets()  # never started
+
     async def _run(self, member: _Member) -> None:
+        member.run_task = trio.lowlevel.current_task()
         try:
             await supervisor_of(member.conn).run(self._nursery)
         finally:
-            supervisor_of(member.conn).events.forget_secrets()  # CLOSED: no event follows
             member.run_done.set()
+            _forget_secrets_when_done(member)
 
     async def _run_handler(self, member: _Member, handler: Handler) -> None:
         member.handler_task = trio.lowlevel.current_task()
@@ -355,11 +468,16 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         try:
             with member.handler_scope:
                 await handler(conn)
+            if not member.handler_scope.cancelled_caught:
+                # The handler owns the member's life, as a server's handler owns
+                # its connection: nobody would read its messages any more.
+                supervisor_of(conn).request_stop(S.CLOSED, "handler returned")
         except Exception as exc:
             supervisor_of(conn).events.hook_failed(hook="handler", error=exc)
             supervisor_of(conn).request_stop(S.CLOSED, f"handler raised {type(exc).__name__}")
         finally:
             member.handler_done.set()
+            _forget_secrets_when_done(member)
 
     async def _stop(self, member: _Member, reason: str) -> None:
         """Close ``member`` and end its tasks, shielded and bounded (rules above)."""
@@ -370,12 +488,20 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
 
     @staticmethod
     async def _end_handler(member: _Member, grace: float) -> None:
-        if member.handler_task is trio.lowlevel.current_task():
-            return  # the handler removes its own member: it ends by itself after
+        if _within(member.handler_task):
+            # Called from the handler (or a task of its): it cannot wait for
+            # itself. It has the grace to end; then it is cancelled.
+            member.handler_scope.deadline = min(
+                member.handler_scope.deadline, trio.current_time() + grace
+            )
+            return
         with trio.move_on_after(grace):
             await member.handler_done.wait()  # it drains the buffer, sees the end
         member.handler_scope.cancel()
-        await member.handler_done.wait()
+        # Bounded too: a handler shielded in a wait of its own (removing
+        # another member whose handler removes this one) ends when that does.
+        with trio.move_on_after(grace):
+            await member.handler_done.wait()
 
     async def aclose(self, reason: str = "the group closed") -> None:
         """Close every member at once, each as :meth:`remove` does, shielded.
@@ -384,7 +510,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         :meth:`add` and :meth:`restart` raise ``trio.ClosedResourceError`` and
         the members stay readable, CLOSED.
         """
-        self._closing = True
+        self._closing = True  # no member starts after this (see _start)
         members = list(self._members.values())
         for member in members:
             supervisor_of(member.conn).request_stop(S.CLOSED, reason)
@@ -466,4 +592,7 @@ async def open_connection_group(
     except BaseExceptionGroup as exc_group:
         if user_error is not None and holds_only(user_error, exc_group):
             reraise(user_error)
+        found = [leaf for leaf in leaves(exc_group) if not isinstance(leaf, trio.Cancelled)]
+        if len(found) == 1 and not isinstance(found[0], Exception):
+            reraise(found[0])  # a handler's KeyboardInterrupt or SystemExit, as itself
         raise

@@ -206,6 +206,10 @@ class Lifecycle:
             return self._probe_at
         return None
 
+    def totals(self) -> tuple[int, int]:
+        """``(attempts, total_failures)``, without a whole snapshot (a group sums them)."""
+        return self._attempts, self._total_failures
+
     def statistics(self, now: float, *, heartbeat_rtt: float | None) -> ConnectionStatistics:
         """A snapshot as of ``now`` (which must not precede the last reading)."""
         machine = self._machine
@@ -287,7 +291,9 @@ class Lifecycle:
             self._probing = False
             self._retry_at = math.inf
             self._hook_due = self._probe_at = None
-            self._admitted_at = None  # the slot is given up
+            if self._admitted_at is not None and self._admission is not None:
+                self._admission.release(self._admitted_at, now)  # for the next member
+            self._admitted_at = None
             if self._stable(now):
                 self._failures = 0
             self._move(records, stop.target, stop.reason)
@@ -406,7 +412,7 @@ class Lifecycle:
         else:
             delay = config.retry.delay(failure.kind, self._failures, failure.retry_after)
             self._retry_at = now + delay
-            self._retry_reason = f"retry after {delay:g} s"
+            self._retry_reason = f"retry after {round(delay, 3):g} s"
             self._move(records, S.RECONNECTING, reason, failure, retry_in=delay)
         return tuple(records)
 

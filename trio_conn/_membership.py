@@ -55,20 +55,29 @@ class MemberOptions:
 
 @dataclass(frozen=True, slots=True)
 class GroupStatistics:
-    """An immutable snapshot of a group, from :meth:`ConnectionGroup.statistics`."""
+    """An immutable snapshot of a group, from :meth:`ConnectionGroup.statistics`.
 
-    #: Number of members.
+    :ivar members: ``int``, the number of members.
+    :ivar by_state: ``Mapping[ConnectionState, int]``, members per state;
+        every state is a key (0 when none is in it).
+    :ivar attempts: ``int``, connection attempts of every member the group
+        has had, removed and replaced ones included: it never goes back.
+    :ivar total_failures: ``int``, failures of every member the group has
+        had, likewise.
+    :ivar failed: ``tuple[str, ...]``, keys of the members in FAILED, sorted.
+    :ivar closed: ``tuple[str, ...]``, keys of the members in CLOSED (their
+        handler returned or raised), sorted.
+    :ivar admission_backlog: ``float``, seconds (Trio's clock) until an
+        attempt asked for now would be admitted; 0.0 at once, and always 0.0
+        without admission control.
+    """
+
     members: int
-    #: Members per state; every state is a key (0 when none is in it).
     by_state: Mapping[ConnectionState, int]
-    #: Connection attempts of the current members, summed.
     attempts: int
-    #: Failures of the current members, summed (``total_failures``).
     total_failures: int
-    #: Keys of the members that are FAILED, sorted.
     failed: tuple[str, ...]
-    #: Seconds until an attempt asked for now would be admitted (0.0: at
-    #: once; always 0.0 without admission control).
+    closed: tuple[str, ...]
     admission_backlog: float
 
 

@@ -170,6 +170,10 @@ class Supervisor:
             self.control.notify()
         return accepted
 
+    def totals(self) -> tuple[int, int]:
+        """``(attempts, total_failures)``: what a group sums, cheaply."""
+        return self._life.totals()
+
     def statistics(self) -> ConnectionStatistics:
         return self._life.statistics(
             trio.current_time(), heartbeat_rtt=self.control.heartbeat_rtt()

@@ -57,10 +57,17 @@ def sentence(name: str, ev: Mapping[str, Any]) -> str:
             f"(limit {_seconds(ev.get('limit'))} s)"
         )
     if name == RECOVERY:
-        verb = "succeeded" if ev.get("outcome") == "success" else "failed"
+        if ev.get("outcome") == "success":
+            verb = "succeeded"
+        elif ev.get("detail") or error:
+            verb = "failed"
+        else:  # it answered False: nothing to refresh, a routine outcome
+            verb = "refreshed nothing"
         text = f"{conn} recovery hook {verb} after {_seconds(ev.get('duration_s'))} s"
         for extra in (ev.get("detail"), error):
             if extra:
                 text += f": {extra}"
         return text
+    if ev.get("hook") == "handler":  # a group member's handler: its member is closed
+        return f"{conn}: handler raised {error}; the member is closed"
     return f"{conn}: {ev.get('hook')} hook raised {error}; ignored"
