@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -147,3 +148,33 @@ async def start_server_process(module: str, port: int = 0) -> tuple[trio.Process
     word, number = line.decode().split()
     assert word == "ready"
     return process, int(number)
+
+
+async def interrupt_after_lines(process: trio.Process, lines: int) -> tuple[bytes, bytes]:
+    """Read ``process``'s stdout until ``lines`` lines, send SIGINT, and return
+    ``(stdout, stderr)`` once it has exited (killed if anything goes wrong)."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stdout = stderr = b""
+    try:
+        while stdout.count(b"\n") < lines:
+            chunk = await process.stdout.receive_some(4096)
+            assert chunk, "the process exited early"
+            stdout += chunk
+        process.send_signal(signal.SIGINT)
+        async with trio.open_nursery() as nursery:
+
+            async def drain_stderr() -> None:
+                nonlocal stderr
+                assert process.stderr is not None
+                while chunk := await process.stderr.receive_some(65536):
+                    stderr += chunk
+
+            nursery.start_soon(drain_stderr)
+            await process.wait()
+    finally:
+        process.kill()
+        await process.wait()
+        await process.stdout.aclose()
+        await process.stderr.aclose()
+    return stdout, stderr

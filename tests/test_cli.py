@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.ecs_schema import check_ecs_line
+from tests.helpers import interrupt_after_lines
 from tests.test_field_types import JSON_TYPE_OF, template_types, types_by_field
 from trio_conn.cli import format_message, main, parse_header, reply_matcher
 from trio_conn.testing import open_fault_server
@@ -147,37 +148,14 @@ async def test_connect_prints_messages_and_closes_on_ctrl_c() -> None:
                 stderr=subprocess.PIPE,
                 env=ENV,
             )
-            assert process.stdout is not None
-            assert process.stderr is not None
-            stderr = b""
-            stdout = b""
-            try:
-                await server.wait_received(1)
-                await server.push("line one\nline two")
-                await server.push(b"\x00\x01")
-                # A hostile server: a clipboard write (OSC 52), a cursor move, a
-                # bidirectional override, and the client's own cookie echoed.
-                await server.push("\x1b]52;c;ZXZpbA==\x07\x1b[2Aok\u202e your s3cr3t-value")
-                while stdout.count(b"\n") < 4:  # the subscription's echo, then the pushes
-                    chunk = await process.stdout.receive_some(4096)
-                    assert chunk, "trio-conn connect exited early"
-                    stdout += chunk
-                process.send_signal(signal.SIGINT)
-                async with trio.open_nursery() as nursery:
-
-                    async def drain_stderr() -> None:
-                        nonlocal stderr
-                        assert process.stderr is not None
-                        while chunk := await process.stderr.receive_some(65536):
-                            stderr += chunk
-
-                    nursery.start_soon(drain_stderr)
-                    await process.wait()
-            finally:
-                process.kill()
-                await process.wait()
-                await process.stdout.aclose()
-                await process.stderr.aclose()
+            await server.wait_received(1)
+            await server.push("line one\nline two")
+            await server.push(b"\x00\x01")
+            # A hostile server: a clipboard write (OSC 52), a cursor move, a
+            # bidirectional override, and the client's own cookie echoed.
+            await server.push("\x1b]52;c;ZXZpbA==\x07\x1b[2Aok\u202e your s3cr3t-value")
+            # The subscription's echo, then the pushes:
+            stdout, stderr = await interrupt_after_lines(process, 4)
             assert process.returncode == 128 + signal.SIGINT  # the shell's 130
             assert server.connections[0].header("cookie") == "session=s3cr3t-value"
     assert stdout.decode().splitlines() == [

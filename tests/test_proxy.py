@@ -7,7 +7,6 @@ so these tests use the real clock (each takes well under a second).
 
 from __future__ import annotations
 
-import signal
 import socket
 import ssl
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import trio
 import trustme
 
+from tests.helpers import interrupt_after_lines
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
@@ -370,30 +370,7 @@ async def test_connect_goes_through_the_proxy_it_is_given() -> None:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            assert process.stdout is not None
-            assert process.stderr is not None
-            stdout = stderr = b""
-            try:
-                while b"\n" not in stdout:
-                    chunk = await process.stdout.receive_some(4096)
-                    assert chunk, "trio-conn connect exited early"
-                    stdout += chunk
-                process.send_signal(signal.SIGINT)
-                async with trio.open_nursery() as nursery:
-
-                    async def drain_stderr() -> None:
-                        nonlocal stderr
-                        assert process.stderr is not None
-                        while chunk := await process.stderr.receive_some(65536):
-                            stderr += chunk
-
-                    nursery.start_soon(drain_stderr)
-                    await process.wait()
-            finally:
-                process.kill()
-                await process.wait()
-                await process.stdout.aclose()
-                await process.stderr.aclose()
+            stdout, stderr = await interrupt_after_lines(process, 1)
     assert stdout.decode().splitlines() == ["through"]
     assert server.connections[0].received == ["through"]
     assert PASSWORD not in stderr.decode()
