@@ -11,7 +11,13 @@ import structlog
 import trio
 import trio.testing
 
-from trio_conn import ConnectionConfig, ConnectionState, RetryPolicy, configure_logging
+from trio_conn import (
+    TRANSITIONS,
+    ConnectionConfig,
+    ConnectionState,
+    RetryPolicy,
+    configure_logging,
+)
 from trio_conn import open_connection as open_managed
 from trio_conn.testing import open_fault_server
 
@@ -175,3 +181,29 @@ async def test_the_connection_group_example_runs_the_seeds_shape(
     assert all(c.received.count('{"op": "ping"}') >= 4 for c in server.connections)
     (stats,) = [line for line in printed if line.startswith("GroupStatistics(")]
     assert "members=3" in stats
+
+
+def test_the_state_diagram_and_table_are_transitions() -> None:
+    """The Mermaid diagram and the table under "The state machine" say exactly
+    what TRANSITIONS says (regenerate the diagram from this test on a change)."""
+    lines = ["stateDiagram-v2", "    [*] --> disconnected"]
+    for source in ConnectionState:
+        for target in ConnectionState:
+            if target in TRANSITIONS[source]:
+                lines.append(f"    {source} --> {target}")
+    lines.append("    closed --> [*]")
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## The state machine") : text.index("## Retry delays")]
+    match = re.search(r"```mermaid\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    assert match.group(1).rstrip("\n") == "\n".join(lines)
+
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")][1:]
+    table = {}
+    for row in rows[1:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        table[cells[0]] = {
+            target for target, cell in zip(header, cells[1:], strict=True) if cell == "✓"
+        }
+    assert table == {str(s): {str(t) for t in TRANSITIONS[s]} for s in ConnectionState}
