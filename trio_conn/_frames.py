@@ -50,6 +50,7 @@ class FrameWriter:
 
     __slots__ = (
         "_on_unusable",
+        "_poller",
         "_stream",
         "_ws",
         "end_code",
@@ -64,6 +65,13 @@ class FrameWriter:
         self._stream = stream
         self._ws = ws
         self._on_unusable = on_unusable
+        # A zero-timeout poll of the TCP socket, made once: asked before each frame.
+        self._poller: select.poll | None = None
+        if _CAN_POLL:
+            tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+            if isinstance(tcp, trio.SocketStream):
+                self._poller = select.poll()
+                self._poller.register(tcp.socket.fileno(), select.POLLOUT)
         #: Held for a whole message, all its fragments.
         self.message_lock = trio.StrictFIFOLock()
         #: Held while one frame is generated and written.
@@ -90,6 +98,12 @@ class FrameWriter:
         :raises UnicodeEncodeError: text with no UTF-8 form (nothing sent).
         """
         pieces = fragments(message)
+        if len(pieces) == 1 and not self.message_lock.locked():
+            # One frame, no long message under way: the frame lock alone keeps
+            # it whole, and a long message that starts meanwhile queues behind
+            # it for that lock (FIFO), so nothing goes between fragments.
+            await self._send_piece(pieces[0], True)
+            return
         await acquire(self.message_lock)
         try:
             last = len(pieces) - 1
@@ -154,15 +168,14 @@ class FrameWriter:
         """
         stream = self._stream
         try:
-            if _CAN_POLL:
+            poller = self._poller
+            if poller is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-                fd = tcp.socket.fileno() if isinstance(tcp, trio.SocketStream) else -1
-                if fd >= 0:
-                    poller = select.poll()
-                    poller.register(fd, select.POLLOUT)
-                    if poller.poll(0):
-                        return
+                ready = poller.poll(0)
+                # POLLOUT alone: a closed socket answers POLLNVAL (its fd may be
+                # another's by now), a reset one POLLERR: trio says which below.
+                if ready and ready[0][1] == select.POLLOUT:
+                    return
             await stream.wait_send_all_might_not_block()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._broken() from exc
