@@ -9,6 +9,8 @@ from typing import Any, cast
 import pytest
 import structlog
 
+from trio_conn._secrets import release_retired
+
 
 @pytest.fixture
 def events() -> Iterator[list[dict[str, Any]]]:
@@ -28,3 +30,4 @@ def _reset_logging() -> Iterator[None]:
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
     websocket_logger.setLevel(saved_level)
+    release_retired()  # closed connections' secrets would hide text in later tests

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import errno
+import io
+import json
+import os
 import socket
 import ssl
 import time
@@ -14,10 +18,13 @@ from wsproto.utilities import RemoteProtocolError
 from trio_conn import (
     ConnectionClosed,
     ConnectionRejected,
+    ConnectionState,
     ErrorKind,
     HeartbeatTimeout,
     SendInterrupted,
     classify,
+    configure_logging,
+    open_connection,
 )
 from trio_conn._failure import describe_failure
 
@@ -145,3 +152,31 @@ async def test_real_refused_connection_is_named() -> None:
     assert describe_failure(info.value).reason("during the handshake") == (
         "network: ConnectionRefusedError during the handshake"
     )
+
+
+@pytest.mark.parametrize("fmt", ["json", "ecs"])
+async def test_a_refused_attempt_is_named_alike_in_the_reason_and_the_error_type(
+    fmt: str,
+) -> None:
+    """Real clock and a real refused TCP connection: trio raises a bare OSError
+    ("all attempts to connect ... failed") caused by the refusal."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nobody listens: refused at once
+    stream = io.StringIO()
+    configure_logging(fmt, stream=stream)  # type: ignore[arg-type]
+    async with open_connection(f"ws://127.0.0.1:{port}/", proxy=None, heartbeat=None) as conn:
+        await conn.wait_for_state(ConnectionState.RECONNECTING)
+    event = next(
+        json.loads(line) for line in stream.getvalue().splitlines() if "reconnecting" in line
+    )
+    if fmt == "ecs":
+        reason, error = event["event"]["reason"], event["error"]
+    else:
+        reason = event["reason"]
+        error = {"type": event["error_type"], "message": event["error_message"]}
+    assert reason == "network: ConnectionRefusedError during the handshake"
+    assert error["type"] == "ConnectionRefusedError"
+    refused = f"[Errno {errno.ECONNREFUSED}] {os.strerror(errno.ECONNREFUSED)}"
+    assert error["message"] == f"all attempts to connect to 127.0.0.1:{port} failed: {refused}"

@@ -169,6 +169,39 @@ async def test_a_stdlib_application_gets_records_with_every_field(
     assert all(TOKEN not in repr(r.__dict__) for r in stdlib_records)
 
 
+async def test_a_records_msg_is_its_events_template_so_handlers_group_by_event(
+    autojump_clock: trio.testing.MockClock, stdlib_records: list[logging.LogRecord]
+) -> None:
+    async with open_fault_server() as server:
+        for name, stay in (("feed", 0.0), ("other", 1.5)):
+            async with open_connection(
+                server.url, open_stream=server.open_stream, config=CONFIG, name=name
+            ) as conn:
+                await conn.wait_for_state(S.CONNECTED)
+                await trio.sleep(stay)  # another duration, in the sentence
+                await server.drop()
+                await conn.wait_for_state(S.RECONNECTING)
+    drops = [r for r in stdlib_records if "to reconnecting" in r.getMessage()]
+    assert [r.getMessage() for r in drops] == [
+        f"connection {name} moved from connected to reconnecting after {stay} s: "
+        "unexpected_close: ConnectionClosed (close code 1006) while connected; "
+        "next attempt in 3 s"
+        for name, stay in (("feed", "0"), ("other", "1.5"))
+    ]
+    template = "connection %s moved from connected to reconnecting after %s s: %s"
+    assert drops[0].msg == drops[1].msg == template + "; next attempt in %s s"
+    assert drops[1].args == (
+        "other",
+        "1.5",
+        "unexpected_close: ConnectionClosed (close code 1006) while connected",
+        "3",
+    )
+    # One template per edge, whatever the connection, the durations or the reason.
+    edges = {(r.from_state, r.to_state) for r in stdlib_records}  # type: ignore[attr-defined]
+    assert len({r.msg for r in stdlib_records}) == len(edges) == 4
+    assert all(r.__dict__["event"] == "connection.state_changed" for r in stdlib_records)
+
+
 def test_records_below_the_logger_level_are_not_built(
     stdlib_records: list[logging.LogRecord],
 ) -> None:
@@ -252,3 +285,19 @@ async def test_context_bound_before_opening_appears_and_bind_adds_fields_later(
     closed = lines[-1]
     assert (closed["to_state"], closed["account"]) == ("closed", "acct-7")
     assert all("account" not in line for line in lines[:-1])
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+async def test_names_structlog_or_ecs_own_are_refused_by_bind(
+    fmt: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    stream = io.StringIO()
+    configure_logging(fmt, stream=stream)  # type: ignore[arg-type]
+    async with open_fault_server() as server, dropped_once(server) as conn:
+        for name in ("level", "timestamp", "exc_info", "logger", "exception", "message"):
+            # Accepted, each was dropped, overwritten, or took over the line.
+            with pytest.raises(ValueError, match=f"cannot bind '{name}'.*level, timestamp"):
+                conn.bind(**{name: "x", "fine": 1})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 6
+    assert not any("fine" in line for line in lines)  # a refused call binds nothing

@@ -17,6 +17,9 @@ from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import configure_logging
 from ._policy import Backoff, ErrorKind, RetryPolicy
 from ._records import ConnectionStatistics, FailureInfo, RecoveryRecord, TransitionRecord
+from ._redact import redact_url
+from ._secrets import register_secrets
+from ._sink import scrub_secrets
 from ._state import TRANSITIONS, ConnectionState, InvalidTransition, StateMachine, Transition
 from ._transport import Session
 
@@ -52,4 +55,7 @@ __all__ = [
     "configure_logging",
     "open_connection",
     "open_connection_group",
+    "redact_url",
+    "register_secrets",
+    "scrub_secrets",
 ]

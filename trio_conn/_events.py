@@ -11,12 +11,13 @@ Where events go (the library never configures logging):
   ``structlog.get_logger("trio_conn")``, resolved when an event is emitted so
   that configuration done later applies;
 - otherwise: as records of the standard library's logger ``trio_conn``, the
-  message a sentence a person reads and every field an attribute of the
-  record (``record.to_state``...): an application that set up only
-  ``logging`` gets them through its handlers (structlog's contextvars
-  included; a field named like a record attribute, ``name`` say, arrives as
-  ``trio_conn_name``), and one that set up nothing gets what Python gives
-  any quiet library (warnings and errors on stderr, nothing on stdout).
+  message a sentence a person reads (``msg`` its template, the varying
+  parts in ``args``), every field an attribute of the record
+  (``record.to_state``...): an application that set up only ``logging``
+  gets them through its handlers (contextvars included; a field named like
+  a record attribute, ``name`` say, arrives as ``trio_conn_name``), and one
+  that set up nothing gets what Python gives any quiet library (warnings and
+  errors on stderr, nothing on stdout).
 
 Secrets are scrubbed from every text field here (an application's own
 pipeline gets clean fields), and again from every value at the sink of the
@@ -44,22 +45,24 @@ import structlog
 from ._records import RecoveryRecord, TransitionRecord
 from ._redact import (
     error_message,
+    error_type,
     error_type_name,
     header_secrets,
     redact_url,
     scrub_value,
     url_secrets,
 )
-from ._secrets import SECRETS
+from ._secrets import SECRETS, retire
 from ._state import ConnectionState
 from ._vocabulary import (
     HEARTBEAT_MISSED,
     HOOK_FAILED,
     LIBRARY_FIELDS,
     RECOVERY,
+    RESERVED_FIELDS,
     STATE_CHANGED,
     STATE_STUCK,
-    sentence,
+    sentence_template,
 )
 
 P = ParamSpec("P")
@@ -125,11 +128,9 @@ class ConnectionEvents:
     :param logger: a structlog logger to use instead of the routing described
         in the module docstring (for tests).
 
-    Secrets: the URL's, and every value given to :meth:`add_secrets`, are
-    registered in the process's secret set (trio_conn/_secrets.py) until
-    :meth:`forget_secrets` (when the connection is closed) or until this
-    object is collected: the last :data:`ATTEMPTS_KEPT` attempts' header
-    values, and every fixed one.
+    Secrets: the URL's, every fixed header value and the last
+    :data:`ATTEMPTS_KEPT` attempts' are registered (trio_conn/_secrets.py)
+    until :meth:`forget_secrets` retires them or this object is collected.
     """
 
     __slots__ = (
@@ -199,21 +200,26 @@ class ConnectionEvents:
                 self._held.remove(oldest)
 
     def forget_secrets(self) -> None:
-        """Unregister every secret of this connection (it is CLOSED: no event follows)."""
+        """The connection is CLOSED: no event of it follows, but the application
+        may still log its URL or an error of it: its secrets stay registered
+        while it is one of the last ``CLOSED_KEPT`` connections to close."""
         self._attempts.clear()
-        _forget(self._held)
+        retire(self._held)
 
     def bind(self, fields: dict[str, Any]) -> None:
         """Add ``fields`` to every later event.
 
         :raises ValueError: a name of the library's own fields (``reason``,
-            ``conn_id``...: see :data:`LIBRARY_FIELDS`) or ``event``.
+            ``conn_id``...: see :data:`LIBRARY_FIELDS`), or one structlog, the
+            renderers or ECS own (``event``, ``level``, ``timestamp``,
+            ``exc_info``, ``logger``...: :data:`RESERVED_FIELDS`).
         """
-        taken = sorted(key for key in fields if key in LIBRARY_FIELDS or key == "event")
+        taken = sorted(key for key in fields if key in LIBRARY_FIELDS or key in RESERVED_FIELDS)
         if taken:
             raise ValueError(
-                f"cannot bind {', '.join(map(repr, taken))}: the library's own event fields "
-                "keep their meaning; choose other names"
+                f"cannot bind {', '.join(map(repr, taken))}: the library's own event fields, "
+                "and the names structlog, the renderers and ECS use (level, timestamp, "
+                "exc_info, logger...), keep their meaning; choose other names"
             )
         self._bound.update(fields)
 
@@ -281,11 +287,13 @@ class ConnectionEvents:
                 f"trio_conn_{key}" if key in _RECORD_ATTRIBUTES else key, scrub_value(value)
             )
         extra["event"] = event
-        STDLIB_LOGGER.log(number, "%s", sentence(event, fields), extra=extra)
+        # The template as msg: handlers that group by it (Sentry) group by event.
+        template, args = sentence_template(event, fields)
+        STDLIB_LOGGER.log(number, template, *args, extra=extra)
 
     def _add_error(self, fields: dict[str, Any], error: BaseException | None) -> None:
         if error is not None:
-            fields["error_type"] = error_type_name(type(error))
+            fields["error_type"] = error_type(error)
             fields["error_message"] = error_message(error)
 
     @_never_raises

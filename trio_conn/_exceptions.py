@@ -138,3 +138,17 @@ def leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for sub in error.exceptions for leaf in leaves(sub)]
     return [error]
+
+
+def shown_type(error: BaseException) -> type[BaseException]:
+    """The type that names ``error`` in a reason and in ``error_type``: its own,
+    but for the bare OSError that stands for several connection attempts
+    (trio's "all attempts to connect failed"), the type of the attempts'
+    errors when they agree (e.g. ConnectionRefusedError)."""
+    if type(error) is OSError and error.__cause__ is not None:
+        causes = {type(leaf) for leaf in leaves(error.__cause__)}
+        if len(causes) == 1:
+            (cause,) = causes
+            if issubclass(cause, OSError):
+                return cause
+    return type(error)

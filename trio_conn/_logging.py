@@ -7,9 +7,11 @@ warns and changes nothing unless ``force=True``.
 
 Rules of the house for the pipelines built here:
 
-- The sink's step, right before the renderer, scrubs every registered secret
-  from every key and value of the event, and JSON lines escape every
-  non-printable character (trio_conn/_sink.py).
+- The sink's step, after every processor that adds or changes a field,
+  scrubs every registered secret from every key and value of the event;
+  only the library's own words (level, timestamp) and the renderer come
+  after it; JSON lines escape every non-printable character
+  (trio_conn/_sink.py).
 - The stream given is the one written to (never its ``buffer``), so it lives
   as long as the configuration, whoever else drops it.
 - ECS mapping: trio_conn/_ecs.py.
@@ -30,7 +32,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ._ecs import ECSFormatter, ECSMapper
-from ._redact import error_message, error_type_name
+from ._redact import error_message, error_type
 from ._sink import drop_mark, render_json, safe_event, scrub_event
 from ._vocabulary import EVENT_NAMES, LIBRARY_FIELDS, sentence
 
@@ -73,7 +75,7 @@ class _ExceptionFields:
         error = exc_info[1]
         if error is None:
             return ev
-        ev.setdefault("error_type", error_type_name(type(error)))
+        ev.setdefault("error_type", error_type(error))
         ev.setdefault("error_message", error_message(error))
         if self.with_traceback:
             ev["exception"] = "".join(traceback.format_exception(*exc_info))
@@ -225,7 +227,8 @@ def configure_logging(
         _ExceptionFields(with_traceback=min_level <= logging.DEBUG),
     ]
     if format == "json":
-        processors += [_json_head, scrub_event, render_json]
+        # The head after the sink: a short secret such as "info" never hides the level.
+        processors += [scrub_event, _json_head, render_json]
     elif format == "ecs":
         processors += [
             ECSMapper(service_name),
@@ -241,8 +244,8 @@ def configure_logging(
         )
         processors += [
             _console_event,
-            structlog.processors.add_log_level,
             scrub_event,
+            structlog.processors.add_log_level,  # after the sink, as the time: the library's words
             structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=True),
             renderer,
         ]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ._exceptions import HeartbeatTimeout, leaves
+from ._exceptions import HeartbeatTimeout, shown_type
 
 
 def shown(value: object, limit: int = 60) -> str:
@@ -160,16 +160,8 @@ class FailureDetails:
 
 
 def _type_name(error: BaseException) -> str:
-    """The exception's type name; for the bare OSError that stands for several
-    connection attempts (e.g. trio's "all attempts to connect failed"), the
-    type of the attempts' errors when they agree (e.g. ConnectionRefusedError)."""
-    if type(error) is OSError and error.__cause__ is not None:
-        causes = {type(leaf) for leaf in leaves(error.__cause__)}
-        if len(causes) == 1:
-            (cause,) = causes
-            if issubclass(cause, OSError):
-                return cause.__name__
-    return type(error).__name__
+    """The exception's type name, by the rule ``error_type`` follows too (``shown_type``)."""
+    return shown_type(error).__name__
 
 
 def _check_number(name: str, value: object) -> float:

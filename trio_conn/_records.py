@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ._exceptions import TrioConnError
 from ._policy import ErrorKind
-from ._redact import error_message, error_type_name
+from ._redact import error_message, error_type, error_type_name
 from ._state import ConnectionState
 
 
@@ -40,7 +40,7 @@ def shown_error(error: BaseException | None) -> str | None:
             return repr(error)
         except Exception:  # a subclass's repr that fails: its type says enough
             return error_type_name(type(error))
-    return f"{error_type_name(type(error))}({error_message(error)!r})"
+    return f"{error_type(error)}({error_message(error)!r})"
 
 
 def _safe_repr(record: Any, shown: str | None) -> str:

@@ -2,8 +2,12 @@
 
 - :func:`redact_url`: the URL as events show it (no userinfo, no query values).
 - :func:`url_secrets`, :func:`header_secrets`: what to register as secrets.
-- :func:`error_type_name`, :func:`error_message`: an exception as
-  ``error_type`` and ``error_message`` (scrubbed before it is cut).
+- :func:`error_type`, :func:`error_message`: an exception as
+  ``error_type`` and ``error_message`` (scrubbed before it is cut). trio's
+  bare OSError for "all attempts to connect failed" is named by its
+  attempts' type when they agree, as the reason names it
+  (``trio_conn/_exceptions.py``, ``shown_type``), and its message carries
+  their errno texts.
 - :func:`scrub_value`: any field value (a bound dict, a context list, an
   object) with every registered secret replaced, nested values included.
 
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import builtins
+import os
 import re
 import sys
 from urllib.parse import parse_qsl, unquote
 
+from ._exceptions import leaves, shown_type
 from ._secrets import MIN_FRAGMENT, REDACTED, SECRETS
 
 #: Error messages are cut to this many characters (a server's body can be long),
@@ -172,6 +178,31 @@ def error_type_name(cls: type[BaseException]) -> str:
     return result
 
 
+def error_type(error: BaseException) -> str:
+    """``error_type`` of an exception: :func:`error_type_name` of the type that
+    names it (``shown_type``: ConnectionRefusedError for trio's "all attempts
+    to connect failed" OSError). Never raises."""
+    try:
+        return error_type_name(shown_type(error))
+    except Exception:  # a cause whose leaves cannot be read: its own type says enough
+        return error_type_name(type(error))
+
+
+def _errno_texts(error: BaseException) -> str:
+    """``": [Errno 111] Connection refused"``: the distinct errno texts of the
+    attempts a bare connect OSError stands for (its message names only the host)."""
+    if type(error) is not OSError or error.__cause__ is None:
+        return ""
+    texts: list[str] = []
+    for leaf in leaves(error.__cause__):
+        number = getattr(leaf, "errno", None)
+        if isinstance(leaf, OSError) and isinstance(number, int):
+            text = f"[Errno {number}] {os.strerror(number)}" if number > 0 else str(leaf)
+            if text not in texts:
+                texts.append(text)
+    return f": {'; '.join(texts[:4])}" if texts else ""
+
+
 def error_message(error: BaseException) -> str:
     """``error_message`` of an exception: ``str(error)``, scrubbed, then cut to
     :data:`MAX_ERROR_MESSAGE` characters.
@@ -188,6 +219,7 @@ def error_message(error: BaseException) -> str:
         cause = error.__cause__
         if not text and cause is not None:  # e.g. BrokenResourceError from an SSLError
             text = f"{type(cause).__name__}: {cause}"
+        text += _errno_texts(error)
     except Exception:
         text = f"<unprintable {type(error).__name__}>"
     text = SECRETS.scrub(text)

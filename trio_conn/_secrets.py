@@ -16,10 +16,15 @@ Rules of the house:
   more of any of those forms, so a secret cut by a truncation, or echoed in
   part, is found too.
 - Shorter secrets (:data:`MIN_SECRET` to ``MIN_FRAGMENT - 1`` characters)
-  are found only whole (not inside a longer word or number), and only in the
-  text fields of an event (a reason, an error message), not in the whole
-  line: "2026" or "1000" as a query value would otherwise vanish from every
-  timestamp, and "fresh" from "refreshed". Shorter still are ignored.
+  are found only whole (not inside a longer word or number: "fresh" stays in
+  "refreshed"), in every string value an event holds (a sink scrubs each
+  value, and adds its timestamp after), but not in a whole rendered line
+  (``short=False``, the CLI's): "2026" or "1000" as a query value would
+  otherwise vanish from every timestamp. Shorter still are ignored.
+- A closed connection's secrets stay registered while it is one of the last
+  :data:`CLOSED_KEPT` to close (:func:`retire`): an application's own line
+  right after the block (an error it caught) still finds them, and a process
+  that opens connections by the thousand holds a bounded number.
 - Registering a secret costs O(its length); scrubbing a text costs
   O(its length): only runs of characters that occur in some secret are
   looked at, 8 characters at a time, in a hash set.
@@ -35,7 +40,7 @@ import base64
 import json
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -178,8 +183,8 @@ class SecretSet:
     def scrub(self, text: str, *, short: bool = True) -> str:
         """``text`` with every registered secret, in any form or fragment, replaced.
 
-        :param short: also replace whole short secrets (for an event's text
-            fields; a sink scrubbing a whole line passes False).
+        :param short: also replace whole short secrets (for a value; the CLI,
+            scrubbing a whole line with its timestamp, passes False).
         """
         if not (self._grams or (short and self._short)) or len(text) < MIN_SECRET:
             return text
@@ -199,23 +204,23 @@ class SecretSet:
         self, items: Iterable[tuple[Any, Any]], other: Callable[[Any], Any]
     ) -> dict[Any, Any]:
         """A dict of ``items`` with every str key and value scrubbed (as
-        ``scrub(..., short=False)``); numbers, booleans and None are kept, and
-        every other value is given to ``other``.
+        :meth:`scrub`, short secrets included); numbers, booleans and None are
+        kept, and every other value is given to ``other``.
 
         The sink's fast path: an event's values repeat (a URL, a reason, a
         field name), and a text seen before costs one dict lookup here.
         """
-        get = self._cache_long_only.get
+        get = self._cache.get
         scrub = self.scrub
         out: dict[Any, Any] = {}
         for key, value in items:
             if type(key) is str:
                 clean = get(key)
-                key = clean if clean is not None else scrub(key, short=False)
+                key = clean if clean is not None else scrub(key)
             kind = type(value)
             if kind is str or (kind not in _SCALARS and isinstance(value, str)):
                 clean = get(value)
-                value = clean if clean is not None else scrub(value, short=False)
+                value = clean if clean is not None else scrub(value)
             elif kind not in _SCALARS:
                 value = other(value)
             out[key] = value
@@ -275,3 +280,58 @@ def _grams(form: str) -> list[str]:
 
 #: The process's secrets: every connection registers its own; every sink scrubs them all.
 SECRETS = SecretSet()
+#: How many closed connections' secrets stay registered (see the module's rules).
+CLOSED_KEPT = 64
+_retired: deque[list[list[str]]] = deque()
+_retired_lock = threading.Lock()
+
+
+def retire(registrations: list[list[str]]) -> None:
+    """Keep a closed connection's ``registrations`` (what :meth:`SecretSet.add`
+    returned) among the last :data:`CLOSED_KEPT`; forget the oldest beyond.
+    Empties ``registrations``: they belong to this queue now."""
+    if not registrations:
+        return
+    with _retired_lock:
+        _retired.append(list(registrations))
+        registrations.clear()
+        evicted = [_retired.popleft() for _ in range(len(_retired) - CLOSED_KEPT)]
+    for old in evicted:
+        for added in old:
+            SECRETS.remove(added)
+
+
+def release_retired() -> None:
+    """Forget every closed connection's secrets now (tests start from a clean set)."""
+    with _retired_lock:
+        evicted = list(_retired)
+        _retired.clear()
+    for old in evicted:
+        for added in old:
+            SECRETS.remove(added)
+
+
+def register_secrets(*values: str) -> Callable[[], None]:
+    """Hide ``values`` from every log line trio_conn's sinks write, from now on.
+
+    For an application's own secrets, and for a URL it logs before
+    ``open_connection`` (which registers the URL's own when it starts). Each
+    value is found as :class:`SecretSet` finds any: in every encoding, by any
+    fragment of 8 characters; one of 4 to 7 characters only as a whole word;
+    shorter ones are ignored. They stay registered until the function
+    returned is called (calling it again does nothing).
+
+    :raises TypeError: a value is not a str.
+    """
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError(f"secrets must be str, got {type(value).__name__}")
+    added: list[str] | None = SECRETS.add(values)
+
+    def forget() -> None:
+        nonlocal added
+        if added is not None:
+            SECRETS.remove(added)
+            added = None
+
+    return forget

@@ -10,7 +10,11 @@ Rules of the house:
   constants, so the rendered line holds no secret, and a JSON line stays
   valid JSON whatever was replaced. (Scrubbing values rather than the
   rendered text lets repeated values, a URL or a reason, cost one lookup:
-  a JSON event stays within its 10 us budget.)
+  a JSON event stays within its 10 us budget.) A secret of 4 to 7
+  characters is found as a whole word in every string; the timestamp and
+  the level are added after this step, so "2026" as a password hides no year.
+- :func:`scrub_secrets` is the same step for a pipeline the application
+  built itself (public: ``trio_conn.scrub_secrets``).
 - A JSON line (json and ecs) holds no character a terminal or an editor
   would act on or hide: every one that is not printable (controls, C1
   included, format characters such as bidirectional overrides, line and
@@ -27,6 +31,7 @@ import unicodedata
 from typing import Any
 
 import orjson
+import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from ._events import CLEAN_MARK, SINK_ATTRIBUTE
@@ -40,7 +45,8 @@ _NON_ASCII = re.compile(r"[^\x20-\x7e]")
 
 
 def scrub_line(line: str) -> str:
-    """A rendered text line (the CLI's own output) with every registered secret replaced."""
+    """A rendered text line (the CLI's own output) with every registered secret
+    replaced; short ones are left (the line's timestamp would lose its year)."""
     return SECRETS.scrub(line, short=False)
 
 
@@ -53,16 +59,16 @@ def _scrubbed_value(value: Any, depth: int) -> Any:
     scrubbed string.
     """
     if isinstance(value, str):
-        return SECRETS.scrub(value, short=False)
+        return SECRETS.scrub(value)
     if value is None or isinstance(value, bool | int | float | datetime.datetime):
         return value
     if depth >= _MAX_DEPTH:
-        return SECRETS.scrub(safe_repr(value), short=False)
+        return SECRETS.scrub(safe_repr(value))
     if isinstance(value, dict):
         return {_scrubbed_key(key): _scrubbed_value(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_scrubbed_value(item, depth + 1) for item in value]
-    return SECRETS.scrub(_text_of(value), short=False)
+    return SECRETS.scrub(_text_of(value))
 
 
 def _scrubbed_key(key: Any) -> Any:
@@ -70,10 +76,10 @@ def _scrubbed_key(key: Any) -> Any:
     as it is, any other (a tuple, a frozenset) its scrubbed repr: a list, what
     the values' rule makes of a tuple, is no key at all."""
     if isinstance(key, str):
-        return SECRETS.scrub(key, short=False)
+        return SECRETS.scrub(key)
     if key is None or isinstance(key, bool | int | float):
         return key
-    return SECRETS.scrub(safe_repr(key), short=False)
+    return SECRETS.scrub(safe_repr(key))
 
 
 def _text_of(value: Any) -> str:
@@ -120,10 +126,10 @@ def _scrub_event(ev: EventDict) -> EventDict:
     if not SECRETS:
         return ev
     if mark is not None and mark[0] == SECRETS.version:
-        dirty = ev.keys() - mark[1] - _HEAD_KEYS
+        dirty = ev.keys() - mark[1]
         if not dirty:
             return ev
-        if all(SECRETS.scrub(key, short=False) == key for key in dirty if isinstance(key, str)):
+        if all(SECRETS.scrub(key) == key for key in dirty if isinstance(key, str)):
             for key in dirty:
                 ev[key] = _scrubbed_value(ev[key], 0)
             return ev
@@ -131,8 +137,29 @@ def _scrub_event(ev: EventDict) -> EventDict:
 
 
 setattr(scrub_event, SINK_ATTRIBUTE, True)  # what ConnectionEvents looks for
-# Keys the json chain adds itself (a datetime and a level name).
-_HEAD_KEYS = frozenset({"timestamp", "level"})
+
+
+def scrub_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: every registered secret replaced in every key and
+    value of the event, nested ones and the repr of any object included.
+
+    For an application that configures structlog itself: put it after every
+    processor that adds or changes a field, right before the renderer (a
+    ``TimeStamper`` may come after it: a short secret such as "2026" would
+    otherwise hide the year). An ``exc_info`` still in the event is rendered
+    here, as structlog's ``format_exc_info`` does (a plain traceback under
+    ``exception``), and scrubbed: a renderer would write it unscrubbed. Never
+    raises.
+    """
+    event_dict.pop(CLEAN_MARK, None)  # marks are for configure_logging's chains only
+    try:
+        if "exc_info" in event_dict:
+            event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+        if not SECRETS:
+            return event_dict
+        return SECRETS.scrub_items(event_dict.items(), _scrub_nested)
+    except Exception:  # a key that cannot hash once scrubbed, say: every field as text
+        return safe_event(event_dict)
 
 
 def drop_mark(logger: WrappedLogger, method_name: str, ev: EventDict) -> EventDict:
@@ -183,7 +210,7 @@ def _safe_text(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: UTF-8 cannot hold it
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return SECRETS.scrub(text, short=False)
+    return SECRETS.scrub(text)
 
 
 def json_line(line: str) -> str:

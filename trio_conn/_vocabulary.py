@@ -27,6 +27,17 @@ LIBRARY_FIELDS = frozenset(
 )  # fmt: skip
 
 
+#: Names structlog's processors, the stdlib bridge, the renderers and ECS own:
+#: a field bound by such a name would be dropped or overwritten, or would take
+#: over the line (``exception``).
+RESERVED_FIELDS = frozenset(
+    {
+        "event", "level", "timestamp", "exc_info", "exception", "stack_info", "stack",
+        "logger", "logger_name", "message", "positional_args", "_record", "_from_structlog",
+    }
+)  # fmt: skip
+
+
 def _seconds(value: Any) -> str:
     """12.5 -> "12.5", 3.0 -> "3", 0.0004 -> "0": millisecond precision for a sentence."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -35,26 +46,49 @@ def _seconds(value: Any) -> str:
 
 
 def sentence(name: str, ev: Mapping[str, Any]) -> str:
-    """One sentence a person reads for a library event (ECS ``message``, stdlib records)."""
-    conn = f"connection {ev.get('conn_id', '?')}"
+    """One sentence a person reads for a library event (ECS ``message``, the console)."""
+    template, args = sentence_template(name, ev)
+    return template % args
+
+
+def _literal(value: Any) -> str:
+    return f"{value}".replace("%", "%%")
+
+
+def sentence_template(name: str, ev: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """:func:`sentence` as a ``%``-template and its arguments (a stdlib record's
+    ``msg`` and ``args``).
+
+    The template holds only the library's own words (the event, the states,
+    the hook), so there are few of them: a handler that groups records by
+    template (Sentry does) groups them by event and edge, while the
+    connection, the durations, the reason and the error, which vary, are
+    arguments.
+    """
+    conn = f"{ev.get('conn_id', '?')}"
     error = f"{ev['error_type']}: {ev.get('error_message', '')}" if "error_type" in ev else None
     if name == STATE_CHANGED:
-        text = (
-            f"{conn} moved from {ev.get('from_state')} to {ev.get('to_state')} after "
-            f"{_seconds(ev.get('duration_s'))} s: {ev.get('reason')}"
+        template = (
+            f"connection %s moved from {_literal(ev.get('from_state'))} to "
+            f"{_literal(ev.get('to_state'))} after %s s: %s"
         )
+        args = [conn, _seconds(ev.get("duration_s")), f"{ev.get('reason')}"]
         if "retry_in_s" in ev:
-            text += f"; next attempt in {_seconds(ev['retry_in_s'])} s"
-        return text
+            template += "; next attempt in %s s"
+            args.append(_seconds(ev["retry_in_s"]))
+        return template, tuple(args)
     if name == HEARTBEAT_MISSED:
-        return (
-            f"{conn} missed heartbeat {ev.get('misses')} of {ev.get('max_misses')} "
-            f"(no reply within {_seconds(ev.get('timeout'))} s)"
+        return "connection %s missed heartbeat %s of %s (no reply within %s s)", (
+            conn,
+            f"{ev.get('misses')}",
+            f"{ev.get('max_misses')}",
+            _seconds(ev.get("timeout")),
         )
     if name == STATE_STUCK:
-        return (
-            f"{conn} has been {ev.get('state')} for {_seconds(ev.get('seconds'))} s "
-            f"(limit {_seconds(ev.get('limit'))} s)"
+        return f"connection %s has been {_literal(ev.get('state'))} for %s s (limit %s s)", (
+            conn,
+            _seconds(ev.get("seconds")),
+            _seconds(ev.get("limit")),
         )
     if name == RECOVERY:
         if ev.get("outcome") == "success":
@@ -63,11 +97,13 @@ def sentence(name: str, ev: Mapping[str, Any]) -> str:
             verb = "failed"
         else:  # it answered False: nothing to refresh, a routine outcome
             verb = "refreshed nothing"
-        text = f"{conn} recovery hook {verb} after {_seconds(ev.get('duration_s'))} s"
+        template = f"connection %s recovery hook {verb} after %s s"
+        args = [conn, _seconds(ev.get("duration_s"))]
         for extra in (ev.get("detail"), error):
             if extra:
-                text += f": {extra}"
-        return text
+                template += ": %s"
+                args.append(f"{extra}")
+        return template, tuple(args)
     if ev.get("hook") == "handler":  # a group member's handler: its member is closed
-        return f"{conn}: handler raised {error}; the member is closed"
-    return f"{conn}: {ev.get('hook')} hook raised {error}; ignored"
+        return "connection %s: handler raised %s; the member is closed", (conn, f"{error}")
+    return f"connection %s: {_literal(ev.get('hook'))} hook raised %s; ignored", (conn, f"{error}")
