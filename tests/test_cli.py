@@ -64,7 +64,7 @@ def run_demos() -> dict[str, subprocess.CompletedProcess[str]]:
 
 @pytest.mark.timeout(90)
 def test_demo_plays_the_whole_story_in_every_format() -> None:
-    """Real clock: the demo is a real-time story (about 20 s; DESIGN allows 30)."""
+    """Real clock: the demo is a real-time story (about 20 s; at most 30 s is allowed)."""
     results = run_demos()
     for fmt, result in results.items():
         assert result.returncode == 0, (fmt, result.stderr[-2000:])

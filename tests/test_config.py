@@ -1,4 +1,4 @@
-"""ConnectionConfig: DESIGN.md's defaults and a clear error for every bad value."""
+"""ConnectionConfig: docs/design.md's defaults and a clear error for every bad value."""
 
 from __future__ import annotations
 

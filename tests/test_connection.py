@@ -159,7 +159,7 @@ async def test_silent_peer_declared_dead_exactly_at_the_bound(
     autojump_clock: trio.testing.MockClock, kind: str, events: list[dict[str, Any]]
 ) -> None:
     config = ConnectionConfig(retry=NO_JITTER)
-    # DESIGN.md: interval + max_failures * max(timeout, interval) = 15 + 3 * 30.
+    # docs/design.md, "Heartbeat": interval + max_failures * max(timeout, interval) = 15 + 3 * 30.
     bound = 15.0 + 3 * 30.0
     records: list[TransitionRecord] = []
     async with open_fault_server() as server:

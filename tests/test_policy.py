@@ -11,8 +11,8 @@ from trio_conn._policy import FailureDetails
 
 K = ErrorKind
 
-# Expected delays for n = 1..10 with no jitter, worked out from the seed's
-# formulas: min(3n, 15), min(10n, 60), min(5n, 30).
+# Expected delays for n = 1..10 with no jitter, worked out from the
+# default rows (docs/design.md, "The delay"): min(3n, 15), min(10n, 60), min(5n, 30).
 SHORT = [3, 6, 9, 12, 15, 15, 15, 15, 15, 15]
 LONG = [10, 20, 30, 40, 50, 60, 60, 60, 60, 60]
 MEDIUM = [5, 10, 15, 20, 25, 30, 30, 30, 30, 30]
@@ -159,7 +159,7 @@ def test_custom_rows_and_fatal_kinds() -> None:
         max_retry_after=30.0,
     )
     assert [policy.delay(K.OTHER, n) for n in (1, 2, 3)] == [1.0, 2.0, 2.5]
-    assert policy.delay(K.NETWORK, 1) == 10.0  # rows not given keep the seed's
+    assert policy.delay(K.NETWORK, 1) == 10.0  # rows not given keep the defaults
     assert policy.is_fatal(K.HEARTBEAT)
     assert policy.delay(K.THROTTLED, 1, retry_after=100.0) == 30.0
 

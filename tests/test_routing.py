@@ -1,4 +1,4 @@
-"""Where events go, for each kind of application (DESIGN.md, "Events").
+"""Where events go, for each kind of application (docs/design.md, "Events").
 
 - nothing configured: the standard library's silent-library behaviour
   (warnings and errors on stderr, nothing on stdout);

@@ -12,7 +12,7 @@ from trio_conn import TRANSITIONS, ConnectionState, InvalidTransition, StateMach
 
 S = ConnectionState
 
-# DESIGN.md's table, written out edge by edge (independently of the literal in
+# docs/design.md's table, written out edge by edge (independently of the literal in
 # _state.py) so that a change to either is caught here.
 ALLOWED_EDGES = {
     (S.DISCONNECTED, S.CONNECTING),

@@ -21,7 +21,8 @@ from .testing import FaultServer, open_fault_server
 S = ConnectionState
 STEPS = 6
 
-#: Short timings so the story fits in about 20 s; the rows keep the seed's shape.
+#: Short timings so the story fits in about 20 s; the backoff rows keep the shape
+#: ``min(step * n, cap)`` of the defaults (docs/design.md, "The delay").
 DEMO_CONFIG = ConnectionConfig(
     heartbeat_interval=1.0,
     heartbeat_timeout=1.0,

@@ -32,8 +32,8 @@ _S = ConnectionState
 
 #: The allowed transitions: each state maps to the states it may move to.
 #: Anything absent raises :class:`InvalidTransition`. CLOSED is terminal.
-#: (DESIGN.md's table: the seed's diagram plus shutdown and explicit
-#: disconnect from every live state.)
+#: (docs/design.md, "States and transitions": the original system's diagram
+#: plus shutdown and explicit disconnect from every live state.)
 TRANSITIONS: Mapping[ConnectionState, frozenset[ConnectionState]] = MappingProxyType(
     {
         _S.DISCONNECTED: frozenset({_S.CONNECTING, _S.CLOSED}),
