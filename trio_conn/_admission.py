@@ -60,9 +60,9 @@ class Admission:
         if not 1 <= burst <= MAX_BURST:
             raise ValueError(f"attempt_burst must be from 1 to {MAX_BURST:,}, got {burst!r:.40}")
         #: Attempts per second.
-        self.rate = float(rate)
+        self.rate: float = float(rate)
         #: Attempts that may start at once.
-        self.burst = burst
+        self.burst: int = burst
         self._interval = 1.0 / self.rate
         self._tolerance = (burst - 1) * self._interval
         # The theoretical arrival time: when the bucket would next be empty.

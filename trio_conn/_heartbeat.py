@@ -68,7 +68,7 @@ class Heartbeat(abc.ABC):
         body to say otherwise.
     """
 
-    replies_are_messages = False
+    replies_are_messages: bool = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

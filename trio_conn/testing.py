@@ -175,22 +175,22 @@ class FaultServer:
         self._hang_remaining = 0
         self._garbage_remaining = 0
 
-        self.echo = True
+        self.echo: bool = True
         self.is_heartbeat: Callable[[Message], bool] | None = None
         self.heartbeat_reply: Callable[[Message], Message] | None = None
-        self.answer_heartbeats = True
+        self.answer_heartbeats: bool = True
         self.close_after: float | None = None
-        self.close_after_abrupt = True
-        self.close_after_code = 1000
-        self.close_after_reason = _CLOSE_AFTER_REASON
+        self.close_after_abrupt: bool = True
+        self.close_after_code: int = 1000
+        self.close_after_reason: str = _CLOSE_AFTER_REASON
 
-        self.tcp_connections = 0
-        self.handshakes = 0
-        self.accepted = 0
-        self.rejected = 0
-        self.hung = 0
-        self.garbled = 0
-        self.cut = 0
+        self.tcp_connections: int = 0
+        self.handshakes: int = 0
+        self.accepted: int = 0
+        self.rejected: int = 0
+        self.hung: int = 0
+        self.garbled: int = 0
+        self.cut: int = 0
         self.connections: list[ServerConnection] = []
 
     # -- byte-level faults, applied by every stream ----------------------------
