@@ -14,7 +14,10 @@ The clients (each opens a fresh connection per measurement):
 - ``wsproto loop``: one task, ``trio.open_tcp_stream``, 64 KiB reads fed to
   ``wsproto.WSConnection(CLIENT)``, events iterated: the practical ceiling of
   a pure-Python parser under Trio;
-- ``trio_conn``: ``open_connection(url)``, default config and heartbeat.
+- ``trio_conn``: ``open_connection(url)``, default config and heartbeat;
+- ``trio_conn metrics``: the same with ``metrics=PrometheusMetrics(...)`` (one
+  collector on a registry of its own, as an application has one per process):
+  the cost of the Prometheus collector, which should be within noise.
 
 The server (bench/server.py) runs in a second process on loopback; its CPU
 time, as a share of the client's, is printed under the table. Messages
@@ -68,10 +71,12 @@ from _common import (
     trio_conn_build,
 )
 from _messages import MessageError, corrupt, describe, message
+from prometheus_client import CollectorRegistry
 from trio_websocket import open_websocket_url
 from websockets.trio.client import connect as websockets_connect
 
 from trio_conn import ConnectionState, open_connection
+from trio_conn.metrics import PrometheusMetrics
 
 #: trio-websocket's public knobs, set for speed: reads of 64 KiB (default 4 KiB;
 #: 2.5x the receive rate at 16 KiB here, no change at 32 B) and a message queue
@@ -115,6 +120,17 @@ async def websockets_trio(url: str) -> AsyncIterator[Client]:
 @asynccontextmanager
 async def managed(url: str) -> AsyncIterator[Client]:
     async with open_connection(url) as conn:
+        await conn.wait_for_state(ConnectionState.CONNECTED)
+        yield Client(conn.send, conn.receive)
+
+
+#: One collector for every measured connection, as an application has one per process.
+METRICS = PrometheusMetrics(registry=CollectorRegistry())
+
+
+@asynccontextmanager
+async def managed_with_metrics(url: str) -> AsyncIterator[Client]:
+    async with open_connection(url, name="bench", metrics=METRICS) as conn:
         await conn.wait_for_state(ConnectionState.CONNECTED)
         yield Client(conn.send, conn.receive)
 
@@ -217,8 +233,10 @@ CLIENTS: dict[str, Opener] = {
     "websockets.trio": websockets_trio,
     "wsproto loop": wsproto_loop,
     "trio_conn": managed,
+    "trio_conn metrics": managed_with_metrics,
 }
 SUBJECT, STRONGEST, CEILING, RAW = "trio_conn", "websockets.trio", "wsproto loop", "trio-websocket"
+METERED = "trio_conn metrics"
 
 # --- the figures ----------------------------------------------------------------
 
@@ -407,9 +425,14 @@ def size_label(size: int) -> str:
 
 def table(results: dict[str, Any]) -> str:
     """A markdown table: the medians of every client, then trio_conn's ratios."""
-    short = {RAW: "tws", "trio-websocket tuned": "tws tuned"}
+    short = {RAW: "tws", "trio-websocket tuned": "tws tuned", METERED: "tc metrics"}
     names = list(CLIENTS)
-    against = [(STRONGEST, "websockets.trio"), (CEILING, "wsproto loop"), (RAW, "tws")]
+    against = [
+        (STRONGEST, "websockets.trio"),
+        (CEILING, "wsproto loop"),
+        (RAW, "tws"),
+        (METERED, "tc metrics"),
+    ]
     labels = {
         "receive_msgs_per_s": "receive, msg/s",
         "send_msgs_per_s": "send, msg/s",

@@ -23,6 +23,7 @@ from ._events import ConnectionEvents
 from ._exception_groups import holds_only, reraise
 from ._exceptions import ConnectionClosed, NotConnected
 from ._heartbeat import Heartbeat, PingHeartbeat
+from ._meters import Metrics, check_metrics
 from ._proxy import choose_proxy
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
 from ._redact import redact_url
@@ -69,6 +70,7 @@ class ManagedConnection:
         compression: str | None = "deflate",
         admission: Admission | None = None,
         proxy: bool | str | None = True,
+        metrics: Metrics | None = None,
     ) -> None:
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         target = parse_url(url, shown)
@@ -92,6 +94,7 @@ class ManagedConnection:
         ):
             check_async_callable(hook_name, hook)
         check_sync_callable("on_transition", on_transition)
+        check_metrics(metrics)
         if headers is not None and not callable(headers):
             headers = check_headers(headers, "headers")
         if name is not None and not isinstance(name, str):
@@ -134,6 +137,7 @@ class ManagedConnection:
             on_failed=on_failed,
             on_transition=on_transition,
             admission=admission,
+            metrics=metrics,
         )
 
     @property
@@ -349,6 +353,7 @@ async def open_connection(
     compression: str | None = "deflate",
     proxy: bool | str | None = True,
     open_stream: StreamOpener | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[ManagedConnection]:
     """Open a managed connection to ``url`` and keep it alive for the block.
 
@@ -415,6 +420,12 @@ async def open_connection(
         (default): TCP, or the proxy. TLS goes over it for ``wss://``. Given,
         the environment's proxy is not used; a ``proxy`` URL with it:
         ValueError.
+    :param metrics: a metrics backend, one per process:
+        ``trio_conn.metrics.PrometheusMetrics()`` (``pip install
+        'trio-conn[prometheus]'``); the connection's series are labelled
+        with ``name``. It observes the records the log is built from; an
+        exception it raises is logged once (``connection.hook_failed``, hook
+        ``metrics``) and never reaches the connection. Default None.
     :raises ValueError: a bad URL or argument value (the message says which).
     :raises TypeError: an argument of the wrong type, or a hook of the wrong
         colour (async where plain is needed, or the reverse).
@@ -433,6 +444,7 @@ async def open_connection(
         subprotocols=subprotocols,
         compression=compression,
         proxy=proxy,
+        metrics=metrics,
     )
     supervisor = conn._supervisor
     user_error: BaseException | None = None

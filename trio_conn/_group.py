@@ -65,6 +65,7 @@ from ._membership import (
     Unset,
     check_key,
 )
+from ._meters import Metrics, check_metrics
 from ._records import FailureInfo, FrozenMap, TransitionRecord
 from ._request import StreamOpener, check_compression, check_subprotocols
 from ._session import HeadersSource
@@ -416,6 +417,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             compression=options.compression,
             proxy=options.proxy,
             admission=self._admission,
+            metrics=self._defaults["metrics"],
         )
         return _Member(conn, options)
 
@@ -532,6 +534,7 @@ async def open_connection_group(
     compression: str | None = "deflate",
     proxy: bool | str | None = True,
     open_stream: StreamOpener | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[ConnectionGroup]:
     """Open a group of managed connections, one per key, for the block.
 
@@ -553,6 +556,9 @@ async def open_connection_group(
         ones hold no state). Default ``PingHeartbeat()``.
     :param ssl_context, subprotocols, compression, proxy, open_stream: the
         members' defaults, as :func:`~trio_conn.open_connection` takes them.
+    :param metrics: the metrics backend every member reports to (e.g.
+        ``trio_conn.metrics.PrometheusMetrics()``), each labelled with its
+        key. Default None.
     :raises ValueError: ``attempts_per_second`` not a finite number > 0,
         ``attempt_burst`` < 1, or a default that open_connection refuses.
     :raises TypeError: an argument of the wrong type.
@@ -568,6 +574,7 @@ async def open_connection_group(
         raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r:.60}")
     check_compression(compression)
     check_async_callable("open_stream", open_stream)
+    check_metrics(metrics)
     defaults: dict[str, Any] = {
         "config": config if config is not None else ConnectionConfig(),
         "heartbeat": heartbeat,
@@ -576,6 +583,7 @@ async def open_connection_group(
         "compression": compression,
         "proxy": proxy,
         "open_stream": open_stream,
+        "metrics": metrics,
     }
     user_error: BaseException | None = None
     try:

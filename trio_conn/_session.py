@@ -34,6 +34,7 @@ from ._handle import Session, SessionOf
 from ._handshake import handshake
 from ._heartbeat import Heartbeat, HeartbeatMonitor
 from ._mailbox import Mailbox
+from ._meters import Traffic, reply_arrived
 from ._policy import FailureDetails
 from ._proxy import ProxySpec, open_tunnel
 from ._request import StreamOpener, Target, check_headers
@@ -82,7 +83,17 @@ class Control:
     read: the live WebSocket connection and the heartbeat's round trip.
     """
 
-    __slots__ = ("_lot", "_scopes", "monitor", "rtt", "stopping", "subprotocol", "websocket")
+    __slots__ = (
+        "_lot",
+        "_scopes",
+        "monitor",
+        "on_rtt",
+        "rtt",
+        "stopping",
+        "subprotocol",
+        "traffic",
+        "websocket",
+    )
 
     def __init__(self) -> None:
         self._lot = trio.lowlevel.ParkingLot()
@@ -96,6 +107,11 @@ class Control:
         #: The running heartbeat, and the last round trip of an ended one.
         self.monitor: HeartbeatMonitor | None = None
         self.rtt: float | None = None
+        #: Messages and bytes of every session, readable from any thread;
+        #: kept only for a metrics backend (None: not counted across sessions).
+        self.traffic: Traffic | None = None
+        #: Called with each heartbeat round trip (seconds): the metrics' meter.
+        self.on_rtt: Callable[[float], None] | None = None
 
     def notify(self) -> None:
         """Wake every task waiting in :meth:`wait_changed`."""
@@ -175,6 +191,8 @@ async def run_session(
                     spawn=nursery.start_soon,
                 )
                 del answer  # its leftover bytes are the reader's now
+                if control.traffic is not None:
+                    control.traffic.follow(websocket)
                 control.subprotocol = websocket.subprotocol
                 nursery.start_soon(websocket.run_reader)
                 if spec.on_connect is not None:
@@ -209,6 +227,8 @@ async def run_session(
         return SessionEnd(describe_failure(errors), phase)
     finally:
         control.websocket = None
+        if control.traffic is not None:
+            control.traffic.follow(None)
         monitor = control.monitor
         if monitor is not None:
             if monitor.rtt is not None:
@@ -300,7 +320,7 @@ class _Live:
                 on_miss=self._heartbeat_missed,
             )
             if not spec.heartbeat.replies_are_messages:
-                websocket.on_pong = monitor.reply_arrived
+                websocket.on_pong = self._reply_arrived
             heartbeat_scope = await nursery.start(_run_heartbeat, monitor)
         await websocket.deliver_to(self)
         while not control.stopping and websocket.send_error is None and websocket.end is None:
@@ -314,6 +334,10 @@ class _Live:
             await websocket.close(written=stop_heartbeat)
         if heartbeat_scope is not None:  # the close outlived its bound
             heartbeat_scope.cancel()
+
+    def _reply_arrived(self) -> None:
+        if self._monitor is not None:
+            reply_arrived(self._monitor, self._control.on_rtt)
 
     def _heartbeat_missed(self, misses: int) -> None:
         config = self._spec.config
@@ -329,8 +353,7 @@ class _Live:
         """Take a message without waiting: a heartbeat's reply is consumed here."""
         heartbeat = self._heartbeat
         if heartbeat is not None and self._is_reply(heartbeat, message):
-            if self._monitor is not None:
-                self._monitor.reply_arrived()
+            self._reply_arrived()
             return True
         if self._dropping:
             return True

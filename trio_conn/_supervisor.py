@@ -22,8 +22,9 @@ starts (one per stay in a watched state)::
     └── stuck watchdog      one per CONNECTING/RECONNECTING stay, ends with it
 
 Observers never harm the connection: the logging path reports its own errors
-once per connection (trio_conn/_events.py) and an ``on_transition`` that
-raises is logged as ``connection.hook_failed``.
+once per connection (trio_conn/_events.py), an ``on_transition`` that
+raises is logged as ``connection.hook_failed``, and so is (once per
+connection) a metrics backend that raises (trio_conn/_meters.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ._admission import Admission
 from ._events import ConnectionEvents
 from ._lifecycle import Lifecycle
 from ._mailbox import Mailbox
+from ._meters import GuardedMeter, Metrics, Traffic
 from ._records import (
     CallHook,
     Connect,
@@ -63,6 +65,8 @@ class Supervisor:
         "_events",
         "_hook_running",
         "_life",
+        "_meter",
+        "_metrics",
         "_nursery",
         "_on_failed",
         "_on_transition",
@@ -82,8 +86,11 @@ class Supervisor:
         on_failed: OnFailed | None,
         on_transition: OnTransition | None,
         admission: Admission | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._spec = spec
+        self._metrics = metrics
+        self._meter: GuardedMeter | None = None  # attached while run() runs
         self._events = events
         self._on_failed = on_failed
         self._on_transition = on_transition
@@ -185,6 +192,12 @@ class Supervisor:
         """Carry out the lifecycle's actions until CLOSED; watchdogs go in ``nursery``."""
         self._nursery = nursery
         life, control = self._life, self.control
+        if self._metrics is not None:
+            control.traffic = traffic = Traffic()
+            meter = self._meter = GuardedMeter(
+                self._metrics, self._events.conn_id, traffic, self._events
+            )
+            control.on_rtt = meter.heartbeat_rtt
         try:
             with self.scope:
                 while True:
@@ -215,6 +228,10 @@ class Supervisor:
             # connection still ends CLOSED, and receive() still ends.
             if life.state is not S.CLOSED:
                 self._publish(life.close_now(trio.current_time(), "supervisor ended"))
+            if self._meter is not None:
+                control.on_rtt = None
+                self._meter.closed()
+                self._meter = None
 
     def _opened(self) -> None:
         self._publish(self._life.connected(trio.current_time()))
@@ -266,7 +283,10 @@ class Supervisor:
 
     def _publish(self, records: tuple[Record, ...]) -> None:
         """Hand each record to every observer, in order. Nothing here can raise."""
+        meter = self._meter
         for record in records:
+            if meter is not None:
+                meter.record(record)
             if not isinstance(record, TransitionRecord):
                 self._events.recovery(record)
                 continue

@@ -37,10 +37,11 @@ Rules of the house:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 import trio
+from wsproto.connection import Connection
 from wsproto.connection import ConnectionState as WireState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
@@ -98,6 +99,27 @@ class _Buffer:
         await self.mailbox.put(message)
 
 
+class _CountingWriter(FrameWriter):
+    """A :class:`FrameWriter` that counts the bytes of every frame it hands to the stream.
+
+    Counted when the write starts, by a plain method returning the write's
+    coroutine: no extra frame on the send path (a write that fails ends the
+    connection anyway).
+    """
+
+    __slots__ = ("bytes_sent",)
+
+    def __init__(
+        self, stream: trio.abc.Stream, ws: Connection, on_unusable: Callable[[], None]
+    ) -> None:
+        super().__init__(stream, ws, on_unusable)
+        self.bytes_sent = 0
+
+    def write(self, data: bytes | bytearray) -> Coroutine[Any, Any, None]:
+        self.bytes_sent += len(data)
+        return super().write(data)
+
+
 class WebSocket:
     """One open WebSocket connection over one byte stream, owned by one session.
 
@@ -134,6 +156,8 @@ class WebSocket:
         "bytes_received",
         "compressed",
         "end",
+        "messages_received",
+        "messages_sent",
         "on_pong",
         "subprotocol",
     )
@@ -151,7 +175,7 @@ class WebSocket:
     ) -> None:
         self._stream = stream
         self._ws = opened.connection
-        self._writer = FrameWriter(stream, opened.connection, on_change)
+        self._writer = _CountingWriter(stream, opened.connection, on_change)
         self._leftover = opened.leftover  # frames that came with the 101: read first
         self._on_change = on_change
         self._spawn = spawn
@@ -172,8 +196,16 @@ class WebSocket:
         self.compressed = opened.compressed
         #: Bytes received from the peer so far (handshake included).
         self.bytes_received = opened.received
+        #: Whole data messages received (heartbeat replies included) and sent.
+        self.messages_received = 0
+        self.messages_sent = 0
         #: Why the connection ended, once it has (None after our own close).
         self.end: ConnectionClosed | None = None
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes handed to the stream so far: every frame, control frames included."""
+        return self._writer.bytes_sent
 
     @property
     def send_error(self) -> BaseException | None:
@@ -251,8 +283,10 @@ class WebSocket:
                     message: Data | None = data
                 else:
                     message = self._assembly.add(event)  # type: ignore[arg-type]
-                if message is not None and not self._sink.offer(message):
-                    await self._put(message)
+                if message is not None:
+                    self.messages_received += 1
+                    if not self._sink.offer(message):
+                        await self._put(message)
             elif kind is Ping:
                 self._pong = event.payload  # type: ignore[attr-defined]
             elif kind is Pong:
@@ -370,6 +404,7 @@ class WebSocket:
         :raises UnicodeEncodeError: text with no UTF-8 form (nothing sent).
         """
         await self._writer.send(message)
+        self.messages_sent += 1
 
     async def ping(self) -> None:
         """Send a ping frame with a payload unique on this connection; return once written.
