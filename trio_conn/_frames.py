@@ -53,6 +53,7 @@ class FrameWriter:
         "_poller",
         "_stream",
         "_ws",
+        "bytes_sent",
         "end_code",
         "error",
         "frame_lock",
@@ -82,6 +83,8 @@ class FrameWriter:
         #: The close code the connection ended with, once it has: a write
         #: failing after that is not why it ended.
         self.end_code: int | None = None
+        #: Bytes handed to the stream so far: every frame, control frames included.
+        self.bytes_sent = 0
 
     @property
     def open(self) -> bool:
@@ -186,6 +189,7 @@ class FrameWriter:
         :raises ConnectionClosed: the stream broke (the connection is unusable).
         :raises trio.Cancelled: part of ``data`` may be written: unusable.
         """
+        self.bytes_sent += len(data)  # counted when handed over: a failed write ends it all
         try:
             await self._stream.send_all(data)
         except trio.Cancelled:

@@ -160,6 +160,8 @@ class HeartbeatMonitor:
     """Runs one session's heartbeat on its WebSocket connection.
 
     :param on_miss: called with the consecutive miss count after each miss.
+    :param on_rtt: called with each answered beat's round trip, in seconds
+        (a metrics meter); None: not called.
     """
 
     __slots__ = (
@@ -169,6 +171,7 @@ class HeartbeatMonitor:
         "_interval",
         "_max_misses",
         "_on_miss",
+        "_on_rtt",
         "_reader_blocked",
         "_timeout",
         "_websocket",
@@ -184,6 +187,7 @@ class HeartbeatMonitor:
         timeout: float,
         max_misses: int,
         on_miss: Callable[[int], None],
+        on_rtt: Callable[[float], None] | None = None,
     ) -> None:
         self._heartbeat = heartbeat
         self._websocket = websocket
@@ -191,6 +195,7 @@ class HeartbeatMonitor:
         self._timeout = timeout
         self._max_misses = max_misses
         self._on_miss = on_miss
+        self._on_rtt = on_rtt
         self._beat: _Beat | None = None
         self._reader_blocked = False
         self._blocked_episodes = 0
@@ -204,8 +209,10 @@ class HeartbeatMonitor:
         if beat is not None and beat.replied_at is None:
             now = trio.current_time()
             beat.replied_at = now
-            self.rtt = max(0.0, now - beat.sent_at)
+            self.rtt = rtt = max(0.0, now - beat.sent_at)
             beat.replied.set()
+            if self._on_rtt is not None:
+                self._on_rtt(rtt)
 
     def reader_blocked(self, blocked: bool) -> None:
         """The reader waits (True) or stopped waiting (False) on a full receive buffer."""

@@ -16,14 +16,12 @@ module only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ._records import Record
 
 if TYPE_CHECKING:
     from ._events import ConnectionEvents
-    from ._heartbeat import HeartbeatMonitor
 
 
 class TrafficSource(Protocol):
@@ -157,21 +155,6 @@ class GuardedMeter:
         if not self._reported:
             self._reported = True
             self._events.hook_failed(hook="metrics", error=error)
-
-
-def reply_arrived(monitor: HeartbeatMonitor, on_rtt: Callable[[float], None] | None) -> None:
-    """A beat's reply arrived: tell ``monitor``, and ``on_rtt`` the round trip (seconds)
-    if this was the beat's first reply (the monitor sets ``rtt`` only then)."""
-    if on_rtt is None:
-        monitor.reply_arrived()
-        return
-    before, monitor.rtt = monitor.rtt, None
-    monitor.reply_arrived()
-    rtt = monitor.rtt
-    if rtt is None:
-        monitor.rtt = before  # not a beat's first reply: nothing new
-    else:
-        on_rtt(rtt)
 
 
 def check_metrics(metrics: object) -> None:

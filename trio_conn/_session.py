@@ -34,7 +34,7 @@ from ._handle import Session, SessionOf
 from ._handshake import handshake
 from ._heartbeat import Heartbeat, HeartbeatMonitor
 from ._mailbox import Mailbox
-from ._meters import Traffic, reply_arrived
+from ._meters import Traffic
 from ._policy import FailureDetails
 from ._proxy import ProxySpec, open_tunnel
 from ._request import StreamOpener, Target, check_headers
@@ -318,9 +318,10 @@ class _Live:
                 timeout=config.heartbeat_timeout,
                 max_misses=config.max_heartbeat_failures,
                 on_miss=self._heartbeat_missed,
+                on_rtt=control.on_rtt,
             )
             if not spec.heartbeat.replies_are_messages:
-                websocket.on_pong = self._reply_arrived
+                websocket.on_pong = monitor.reply_arrived
             heartbeat_scope = await nursery.start(_run_heartbeat, monitor)
         await websocket.deliver_to(self)
         while not control.stopping and websocket.send_error is None and websocket.end is None:
@@ -334,10 +335,6 @@ class _Live:
             await websocket.close(written=stop_heartbeat)
         if heartbeat_scope is not None:  # the close outlived its bound
             heartbeat_scope.cancel()
-
-    def _reply_arrived(self) -> None:
-        if self._monitor is not None:
-            reply_arrived(self._monitor, self._control.on_rtt)
 
     def _heartbeat_missed(self, misses: int) -> None:
         config = self._spec.config
@@ -353,7 +350,8 @@ class _Live:
         """Take a message without waiting: a heartbeat's reply is consumed here."""
         heartbeat = self._heartbeat
         if heartbeat is not None and self._is_reply(heartbeat, message):
-            self._reply_arrived()
+            if self._monitor is not None:
+                self._monitor.reply_arrived()
             return True
         if self._dropping:
             return True

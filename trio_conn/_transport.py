@@ -37,11 +37,10 @@ Rules of the house:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
-from wsproto.connection import Connection
 from wsproto.connection import ConnectionState as WireState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
@@ -99,27 +98,6 @@ class _Buffer:
         await self.mailbox.put(message)
 
 
-class _CountingWriter(FrameWriter):
-    """A :class:`FrameWriter` that counts the bytes of every frame it hands to the stream.
-
-    Counted when the write starts, by a plain method returning the write's
-    coroutine: no extra frame on the send path (a write that fails ends the
-    connection anyway).
-    """
-
-    __slots__ = ("bytes_sent",)
-
-    def __init__(
-        self, stream: trio.abc.Stream, ws: Connection, on_unusable: Callable[[], None]
-    ) -> None:
-        super().__init__(stream, ws, on_unusable)
-        self.bytes_sent = 0
-
-    def write(self, data: bytes | bytearray) -> Coroutine[Any, Any, None]:
-        self.bytes_sent += len(data)
-        return super().write(data)
-
-
 class WebSocket:
     """One open WebSocket connection over one byte stream, owned by one session.
 
@@ -175,7 +153,7 @@ class WebSocket:
     ) -> None:
         self._stream = stream
         self._ws = opened.connection
-        self._writer = _CountingWriter(stream, opened.connection, on_change)
+        self._writer = FrameWriter(stream, opened.connection, on_change)
         self._leftover = opened.leftover  # frames that came with the 101: read first
         self._on_change = on_change
         self._spawn = spawn
