@@ -110,7 +110,7 @@ def session_tasks() -> list[str]:
     return sorted(
         task.name
         for task in all_tasks()
-        if task.name.endswith(("WebSocket.run_reader", "_session._run_heartbeat"))
+        if task.name.endswith(("WebSocket.run_reader", "_live._run_heartbeat"))
     )
 
 
@@ -136,7 +136,7 @@ async def test_unanswered_pings_do_not_pile_up(
             # Beats follow one another in one task: an unanswered one holds
             # nothing (before the fix: a task per beat, 40 of them).
             assert session_tasks() == [
-                "trio_conn._session._run_heartbeat",
+                "trio_conn._live._run_heartbeat",
                 "trio_conn._transport.WebSocket.run_reader",
             ]
             nursery.cancel_scope.cancel()

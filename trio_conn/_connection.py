@@ -35,7 +35,7 @@ from ._request import (
     open_tcp,
     parse_url,
 )
-from ._session import HeadersSource, SessionSpec
+from ._session_spec import HeadersSource, SessionSpec
 from ._state import ConnectionState
 from ._supervisor import Supervisor
 from ._transport import Data, Session

@@ -28,3 +28,12 @@ def reraise(error: BaseException) -> NoReturn:
     finally:
         error.__context__ = context
         del error, context
+
+
+def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """``(the trio.Cancelled part, the rest)`` of an exception or exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    return None, exc

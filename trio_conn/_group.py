@@ -68,7 +68,7 @@ from ._membership import (
 from ._meters import Metrics, check_metrics
 from ._records import FailureInfo, FrozenMap, TransitionRecord
 from ._request import StreamOpener, check_compression, check_subprotocols
-from ._session import HeadersSource
+from ._session_spec import HeadersSource
 from ._state import ConnectionState
 from ._transport import Session
 

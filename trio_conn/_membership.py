@@ -12,7 +12,7 @@ from ._config import ConnectionConfig
 from ._heartbeat import Heartbeat
 from ._records import FailureInfo, TransitionRecord
 from ._request import StreamOpener
-from ._session import HeadersSource
+from ._session_spec import HeadersSource
 from ._state import ConnectionState
 from ._transport import Session
 

@@ -34,7 +34,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ._admission import Admission
+from ._control import Control
 from ._events import ConnectionEvents
+from ._exception_groups import split_cancelled
 from ._lifecycle import Lifecycle
 from ._mailbox import Mailbox
 from ._meters import GuardedMeter, Metrics, Traffic
@@ -48,7 +50,8 @@ from ._records import (
     TransitionRecord,
     Wait,
 )
-from ._session import Control, SessionSpec, run_session, split_cancelled
+from ._session import run_session
+from ._session_spec import SessionSpec
 from ._state import ConnectionState
 from ._transport import Data
 
