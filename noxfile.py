@@ -23,9 +23,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package, the tests and the benchmarks."""
+    """mypy --strict over the package, the tests and the benchmarks; pyright's
+    --verifytypes: every public name of trio_conn with a known type."""
     session.install("-e", ".[test,typecheck,plot]")
     session.run("mypy", "--strict", "trio_conn", "tests")
+    session.run("pyright", "--verifytypes", "trio_conn", "--ignoreexternal")
     session.chdir("bench")  # the benchmarks import their helpers as top-level modules
     session.run("mypy", "--strict", ".")
 

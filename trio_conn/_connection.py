@@ -111,9 +111,9 @@ class ManagedConnection:
         )
 
         #: The connection id (``conn_id`` in every event).
-        self.name = name or f"conn-{next(_names)}-{secrets.token_hex(3)}"
+        self.name: str = name or f"conn-{next(_names)}-{secrets.token_hex(3)}"
         #: The connection's :class:`ConnectionConfig`.
-        self.config = config
+        self.config: ConnectionConfig = config
         spec = SessionSpec(
             target=target,
             config=config,

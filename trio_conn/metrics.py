@@ -42,10 +42,10 @@ try:
         HistogramMetricFamily,
         Metric,
     )
-except ImportError as exc:  # pragma: no cover - the extra is part of the test setup
+except ImportError as _missing:  # pragma: no cover - the extra is part of the test setup
     raise ImportError(
         "trio_conn.metrics needs prometheus-client: pip install 'trio-conn[prometheus]'"
-    ) from exc
+    ) from _missing
 
 from ._meters import Traffic
 from ._records import Record, TransitionRecord
@@ -74,8 +74,8 @@ class _Histogram:
     __slots__ = ("counts", "sum")
 
     def __init__(self, buckets: int) -> None:
-        self.counts = [0] * (buckets + 1)  # the last: above every bound (+Inf)
-        self.sum = 0.0
+        self.counts: list[int] = [0] * (buckets + 1)  # the last: above every bound (+Inf)
+        self.sum: float = 0.0
 
 
 class _Series:
@@ -97,17 +97,17 @@ class _Series:
     )
 
     def __init__(self, rtt_buckets: int, retry_buckets: int) -> None:
-        self.attached = 0  # connections running under this label now
-        self.closed = 0  # connections that closed under it (not counted for "other")
-        self.states = dict.fromkeys(_S, 0)
+        self.attached: int = 0  # connections running under this label now
+        self.closed: int = 0  # connections that closed under it (not counted for "other")
+        self.states: dict[ConnectionState, int] = dict.fromkeys(_S, 0)
         self.transitions: dict[tuple[str, str, str], int] = {}
-        self.state_seconds = dict.fromkeys(_S, 0.0)
-        self.attempts = 0
+        self.state_seconds: dict[ConnectionState, float] = dict.fromkeys(_S, 0.0)
+        self.attempts: int = 0
         self.failures: dict[str, int] = {}
-        self.recoveries = dict.fromkeys(_RECOVERY_OUTCOMES, 0)
-        self.rtt = _Histogram(rtt_buckets)
-        self.retry = _Histogram(retry_buckets)
-        self.traffic = (0, 0, 0, 0)  # of the connections gone
+        self.recoveries: dict[str, int] = dict.fromkeys(_RECOVERY_OUTCOMES, 0)
+        self.rtt: _Histogram = _Histogram(rtt_buckets)
+        self.retry: _Histogram = _Histogram(retry_buckets)
+        self.traffic: tuple[int, int, int, int] = (0, 0, 0, 0)  # of the connections gone
         self.live: list[Traffic] = []
 
 
@@ -207,12 +207,12 @@ class PrometheusMetrics:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         #: Histogram bounds, in seconds.
-        self.heartbeat_buckets = _bounds("heartbeat_buckets", heartbeat_buckets)
-        self.retry_buckets = _bounds("retry_buckets", retry_buckets)
-        self.max_connections = max_connections
-        self.keep_closed = keep_closed
+        self.heartbeat_buckets: tuple[float, ...] = _bounds("heartbeat_buckets", heartbeat_buckets)
+        self.retry_buckets: tuple[float, ...] = _bounds("retry_buckets", retry_buckets)
+        self.max_connections: int = max_connections
+        self.keep_closed: int = keep_closed
         #: Guards every number; held briefly (see the module's docstring).
-        self.lock = threading.Lock()
+        self.lock: threading.Lock = threading.Lock()
         self._series: dict[str, _Series] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()  # kept closed series, oldest first
         if registry is not None:
