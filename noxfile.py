@@ -1,8 +1,11 @@
 """Project checks: `nox` runs tests, lint and typecheck, under the interpreter nox runs on."""
 
+import shutil
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "package"]
 nox.options.reuse_venv = "yes"
 
 
@@ -54,3 +57,24 @@ def bench(session: nox.Session) -> None:
     session.run("python", "events.py", "--events", "5000", "--runs", "5")
     session.run("python", "reconnect.py", "--reconnects", "50", "--runs", "5")
     session.run("python", "idle_scale.py", "--counts", "1000", "--intervals", "15", "--runs", "3")
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the wheel and the sdist, check them (twine --strict), install the
+    wheel into a fresh virtual environment and run ``trio-conn demo`` from it."""
+    session.install("build", "twine")
+    tmp = Path(session.create_tmp())
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    built = sorted(str(path) for path in dist.iterdir())
+    session.run("twine", "check", "--strict", *built)
+    (wheel,) = (path for path in built if path.endswith(".whl"))
+    venv = tmp / "fresh"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run("python", "-m", "venv", str(venv))
+    bin_dir = venv / "bin"
+    session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", wheel, external=True)
+    session.run(str(bin_dir / "trio-conn"), "--version", external=True)
+    session.run(str(bin_dir / "trio-conn"), "demo", "--log-format", "json", external=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+import trio_conn
 from tests.ecs_schema import check_ecs_line
 from tests.helpers import interrupt_after_lines
 from tests.test_field_types import JSON_TYPE_OF, template_types, types_by_field
@@ -368,3 +370,11 @@ def test_report_plot_without_matplotlib_says_how_to_get_it(
     assert "pip install 'trio-conn[plot]'" in captured.err
     assert "== overall" in captured.out  # the report itself is still printed
     assert not (tmp_path / "t.png").exists()
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"trio-conn {trio_conn.__version__}\n"
+    assert importlib.metadata.version("trio-conn") == trio_conn.__version__

@@ -1,5 +1,8 @@
 """trio_conn: keep one WebSocket connection alive under Trio, with an explicit state machine."""
 
+#: The version of trio_conn (PEP 440); the one place it is written (pyproject.toml reads it).
+__version__ = "0.2.0.dev0"
+
 from ._config import ConnectionConfig
 from ._connection import ManagedConnection, open_connection
 from ._exceptions import (
@@ -51,6 +54,7 @@ __all__ = [
     "Transition",
     "TransitionRecord",
     "TrioConnError",
+    "__version__",
     "classify",
     "configure_logging",
     "open_connection",

@@ -19,6 +19,7 @@ from typing import TextIO
 
 import trio
 
+from . import __version__
 from ._config import ConnectionConfig
 from ._connection import open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="trio-conn",
         description="Keep a WebSocket connection alive, and read what its logs say.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="a scripted story against a fault-injecting server")
