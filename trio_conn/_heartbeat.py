@@ -109,6 +109,7 @@ class PingHeartbeat(Heartbeat):
     """WebSocket ping frames (RFC 6455 section 5.5.2); the pong is the reply."""
 
     async def beat(self, session: Session) -> None:
+        """Send one ping frame with a payload unique on the connection."""
         await session.ping()
 
     def __repr__(self) -> str:
@@ -135,12 +136,17 @@ class MessageHeartbeat(Heartbeat):
         self._is_response = is_response
 
     async def beat(self, session: Session) -> None:
+        """Send ``make_message()`` as a message.
+
+        :raises TypeError: it returned neither str nor bytes (the session ends).
+        """
         message = self._make_message()
         if not isinstance(message, str | bytes):
             raise TypeError(f"make_message must return str or bytes, got {type(message).__name__}")
         await session.send(message)
 
     def is_response(self, message: Data) -> bool:
+        """``is_response(message)``, as a bool."""
         return bool(self._is_response(message))
 
     def __repr__(self) -> str:

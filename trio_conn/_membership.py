@@ -27,6 +27,8 @@ MAX_KEY_LENGTH: Final = 200
 
 
 class Unset(enum.Enum):
+    """The type of :data:`UNSET`: an option not given (None means something)."""
+
     UNSET = enum.auto()
 
 

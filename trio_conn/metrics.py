@@ -71,6 +71,8 @@ _RECOVERY_OUTCOMES = ("success", "declined", "error")
 
 
 class _Histogram:
+    """One series' histogram: a count per bucket (the last above every bound) and the sum."""
+
     __slots__ = ("counts", "sum")
 
     def __init__(self, buckets: int) -> None:
@@ -126,6 +128,7 @@ class _Meter:
         self._state = _S.DISCONNECTED  # every connection starts there
 
     def record(self, record: Record) -> None:
+        """Count one record the lifecycle published (a transition or the hook's answer)."""
         series = self._series
         with self._owner.lock:
             if not isinstance(record, TransitionRecord):
@@ -152,11 +155,13 @@ class _Meter:
                 self._owner.observe(series.retry, self._owner.retry_buckets, record.retry_in)
 
     def heartbeat_rtt(self, seconds: float) -> None:
+        """Observe one answered heartbeat's round trip, in seconds."""
         owner = self._owner
         with owner.lock:
             owner.observe(self._series.rtt, owner.heartbeat_buckets, seconds)
 
     def closed(self) -> None:
+        """The connection is CLOSED: its series is kept among the recently closed."""
         self._owner.detach(self._label, self._series, self._traffic, self._state)
 
 
