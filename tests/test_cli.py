@@ -19,7 +19,8 @@ import trio_conn
 from tests.ecs_schema import check_ecs_line
 from tests.helpers import interrupt_after_lines
 from tests.test_field_types import JSON_TYPE_OF, template_types, types_by_field
-from trio_conn.cli import format_message, main, parse_header, reply_matcher
+from trio_conn._connect_command import format_message, parse_header, reply_matcher
+from trio_conn.cli import main
 from trio_conn.testing import open_fault_server
 
 ROOT = Path(__file__).parent.parent
@@ -378,3 +379,59 @@ def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"trio-conn {trio_conn.__version__}\n"
     assert importlib.metadata.version("trio-conn") == trio_conn.__version__
+
+
+async def test_connect_says_what_it_waits_for_when_failed() -> None:
+    """Real clock: a server that answers 401 sends the connection to failed at its
+    first attempt; trio-conn says, in one line, when it probes again."""
+    with trio.fail_after(30):
+        async with open_fault_server() as server:
+            server.reject_next(100, 401)
+            process = await trio.lowlevel.open_process(
+                trio_conn_command("connect", server.url, "--log-level", "critical"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=ENV,
+            )
+            assert process.stderr is not None
+            stderr = b""
+            try:
+                while b"\n" not in stderr:
+                    chunk = await process.stderr.receive_some(4096)
+                    assert chunk, "trio-conn connect exited early"
+                    stderr += chunk
+                process.send_signal(signal.SIGINT)
+                await process.wait()
+            finally:
+                process.kill()
+                await process.wait()
+    (line,) = stderr.decode().splitlines()[:1]
+    assert line.startswith(
+        "trio-conn: failed (rejected is fatal); probing again in 3"  # 300 s, jitter upwards
+    )
+    assert line.endswith("; Ctrl-C to stop")
+    assert re.search(r"\(at \d\d:\d\d:\d\d\)", line)
+    assert process.returncode == 130
+
+
+def test_connect_exits_on_failed_when_asked() -> None:
+    """Real clock: --exit-on-failed closes and exits with status 3 at FAILED."""
+
+    async def run() -> subprocess.CompletedProcess[bytes]:
+        async with open_fault_server() as server:
+            server.reject_next(100, 403)
+            return await trio.run_process(
+                trio_conn_command(
+                    "connect", server.url, "--exit-on-failed", "--log-level", "critical"
+                ),
+                capture_stdout=True,
+                capture_stderr=True,
+                env=ENV,
+                check=False,
+            )
+
+    result = trio.run(run)
+    assert result.returncode == 3
+    assert result.stderr.decode().splitlines() == [
+        "trio-conn: failed (rejected is fatal); exiting with status 3 (--exit-on-failed)"
+    ]
