@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 import trio
 import trio.testing
@@ -218,3 +221,75 @@ def test_the_state_diagram_and_table_are_transitions() -> None:
             target for target, cell in zip(header, cells[1:], strict=True) if cell == "✓"
         }
     assert table == {str(s): {str(t) for t in TRANSITIONS[s]} for s in ConnectionState}
+
+
+#: The program blocks and the test that runs each (by the heading above it).
+PROGRAMS = {
+    "## Quick start": "test_quick_start_refreshes_the_cookie_and_survives_a_server_restart",
+    "## The state machine": "test_state_machine_snippet_runs",
+    "## Retry delays": "test_close_codes_snippet_maps_4401_to_rejected",
+    "## Metrics for Prometheus": "test_the_metrics_example_exposes_the_connection",
+    "## Connection groups: one connection per account": (
+        "test_the_connection_group_example_runs_the_seeds_shape"
+    ),
+    "## Logs to ELK": "test_the_configure_logging_example_runs",
+    "## Testing your application": "test_testing_section_example_passes",
+}
+FRAGMENT = "# A fragment"
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """Every ```python block of the README with the ``##`` heading it is under."""
+    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for match in re.finditer(r"```python\n(.*?)```", text, re.DOTALL):
+        heading = text.rfind("\n## ", 0, match.start())
+        blocks.append((text[heading + 1 : text.index("\n", heading + 1)], match.group(1)))
+    return blocks
+
+
+def test_every_python_block_is_a_tested_program_or_a_marked_fragment() -> None:
+    tests = {name for name in globals() if name.startswith("test_")}
+    for heading, code in python_blocks():
+        # Fragments too must be valid Python (awaits as if in an async function).
+        compile(code, f"README {heading}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        if code.startswith(FRAGMENT):
+            continue
+        assert heading in PROGRAMS, f"an unmarked block under {heading!r} that no test runs"
+        assert PROGRAMS[heading] in tests
+
+
+async def test_the_metrics_example_exposes_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real clock: the example as written, its HTTP server not started (the test
+    reads the registry); the connection and the group member appear in the
+    exposition. Its collector leaves the global registry at the end."""
+    import prometheus_client
+
+    ports: list[int] = []
+    monkeypatch.setattr(prometheus_client, "start_http_server", ports.append)
+    block = dict(python_blocks())["## Metrics for Prometheus"]
+    namespace: dict[str, Any] = {"__name__": "readme_metrics", "print": lambda *_: None}
+    exec(compile(block, "README metrics", "exec"), namespace)
+    try:
+        with trio.fail_after(10):
+            async with open_fault_server() as server, trio.open_nursery() as nursery:
+                nursery.start_soon(namespace["main"], server.url)
+                exposition = ""
+                while 'conn_id="alice",state="connected"} 1.0' not in exposition:
+                    await trio.sleep(0.01)  # polled: CONNECTED follows the handshakes
+                    exposition = prometheus_client.generate_latest().decode()
+                nursery.cancel_scope.cancel()
+    finally:
+        prometheus_client.REGISTRY.unregister(namespace["metrics"])
+    assert ports == [9464]
+    assert 'trio_conn_connection_state{conn_id="prices",state="connected"} 1.0' in exposition
+
+
+def test_the_configure_logging_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    block = next(code for heading, code in python_blocks() if heading == "## Logs to ELK")
+    exec(compile(block, "README configure_logging", "exec"), {"__name__": "readme_logs"})
+    structlog.get_logger("trio_conn").info("connection.probe", conn_id="x")
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (line["service"]["name"], line["message"]) == ("market-bot", "connection.probe")
