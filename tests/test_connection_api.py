@@ -16,6 +16,7 @@ import trio.testing
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
+    ManagedConnection,
     RetryPolicy,
     TransitionRecord,
     open_connection,
@@ -245,3 +246,20 @@ async def test_stuck_state_reported_with_short_limits(
         (S.FAILED, 100.0),
     ]
     assert stuck[0]["seconds"] == 5.0
+
+
+def test_a_managed_connection_is_not_made_by_hand() -> None:
+    """Made directly it would have no supervisor and never connect: refused."""
+    with pytest.raises(TypeError, match=r"made by open_connection\(\) \(or a group's add\(\)\)"):
+        ManagedConnection(
+            "ws://127.0.0.1:9/",
+            config=ConnectionConfig(),
+            heartbeat=None,
+            headers=None,
+            on_connect=None,
+            on_failed=None,
+            on_transition=None,
+            name=None,
+            ssl_context=None,
+            open_stream=None,
+        )

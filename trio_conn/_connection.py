@@ -47,8 +47,17 @@ _names = itertools.count(1)
 _DEFAULT_CONFIG = ConnectionConfig()  # frozen: one shared by every connection
 
 
+#: Passed by :func:`open_connection` and connection groups: a ManagedConnection
+#: made by hand would have no supervisor running, and never connect.
+MADE_BY_THE_LIBRARY = object()
+
+
 class ManagedConnection:
-    """A WebSocket connection kept alive by a supervisor. Made by :func:`open_connection`."""
+    """A WebSocket connection kept alive by a supervisor.
+
+    Made by :func:`open_connection` (or a connection group's ``add()``), which
+    run it; constructing one directly raises ``TypeError``.
+    """
 
     # Slots: thousands of idle connections per process (bench/idle_scale.py).
     __slots__ = ("_supervisor", "config", "name")
@@ -71,7 +80,13 @@ class ManagedConnection:
         admission: Admission | None = None,
         proxy: bool | str | None = True,
         metrics: Metrics | None = None,
+        made_by: object = None,
     ) -> None:
+        if made_by is not MADE_BY_THE_LIBRARY:
+            raise TypeError(
+                "ManagedConnection is made by open_connection() (or a group's add()), which "
+                "runs it: made by hand it would never connect"
+            )
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         target = parse_url(url, shown)
         if not isinstance(config, ConnectionConfig):
@@ -445,6 +460,7 @@ async def open_connection(
         compression=compression,
         proxy=proxy,
         metrics=metrics,
+        made_by=MADE_BY_THE_LIBRARY,
     )
     supervisor = conn._supervisor
     user_error: BaseException | None = None

@@ -53,7 +53,12 @@ import trio
 from ._admission import Admission
 from ._checks import check_async_callable
 from ._config import ConnectionConfig
-from ._connection import ManagedConnection, close_within_bound, supervisor_of
+from ._connection import (
+    MADE_BY_THE_LIBRARY,
+    ManagedConnection,
+    close_within_bound,
+    supervisor_of,
+)
 from ._exception_groups import holds_only, reraise
 from ._exceptions import leaves
 from ._heartbeat import Heartbeat, PingHeartbeat
@@ -418,6 +423,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             proxy=options.proxy,
             admission=self._admission,
             metrics=self._defaults["metrics"],
+            made_by=MADE_BY_THE_LIBRARY,
         )
         return _Member(conn, options)
 

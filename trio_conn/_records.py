@@ -63,6 +63,27 @@ class TransitionRecord:
     The first five fields are :class:`~trio_conn.Transition`'s. The failure
     fields are set on moves caused by a failure (into RECONNECTING or FAILED)
     and None elsewhere.
+
+    :ivar from_state: ``ConnectionState``, the state left.
+    :ivar to_state: ``ConnectionState``, the state entered.
+    :ivar reason: ``str``, why, in words (no secret: exception messages never appear
+        here).
+    :ivar at: ``float``, clock reading (seconds, ``trio.current_time()``) of the change.
+    :ivar duration: ``float``, seconds spent in ``from_state``.
+    :ivar attempt: ``int``, number of the current (or last) connection attempt, from 1;
+        0 before any.
+    :ivar consecutive_failures: ``int``, consecutive failures of any kind, after this
+        change (at most ``max_connection_failures``).
+    :ivar kind: ``ErrorKind | None``, the failure's :class:`ErrorKind`, after
+        ``RetryPolicy.close_codes``.
+    :ivar error: ``BaseException | None``, the exception that ended the attempt or
+        session.
+    :ivar close_code: ``int | None``, the close code that ended the session, whichever
+        side sent it (1006: the stream just ended; 1009: the client closed for an
+        oversized message).
+    :ivar status_code: ``int | None``, hTTP status of a rejected handshake.
+    :ivar retry_in: ``float | None``, seconds slept in RECONNECTING before the next
+        attempt; None on a move to FAILED and on any move without a sleep.
     """
 
     #: The state left.
@@ -104,7 +125,18 @@ class TransitionRecord:
 
 @dataclass(frozen=True, slots=True)
 class RecoveryRecord:
-    """The ``on_failed`` hook answered (or failed to): one ``connection.recovery`` event."""
+    """The ``on_failed`` hook answered (or failed to): one ``connection.recovery`` event.
+
+    :ivar at: ``float``, clock reading (seconds) when the hook returned.
+    :ivar duration: ``float``, seconds the hook ran.
+    :ivar refreshed: ``bool``, true when the hook returned True in time: credentials
+        refreshed.
+    :ivar consecutive_failures: ``int``, consecutive failures when the hook was called.
+    :ivar error: ``BaseException | None``, what the hook raised (``trio.TooSlowError``
+        past ``connect_timeout``).
+    :ivar detail: ``str | None``, why it counts as a failure when there is no exception
+        (e.g. a non-bool).
+    """
 
     #: Clock reading (seconds) when the hook returned.
     at: float
@@ -130,7 +162,18 @@ class RecoveryRecord:
 
 @dataclass(frozen=True, slots=True)
 class FailureInfo:
-    """Given to ``on_failed``: why the connection is FAILED."""
+    """Given to ``on_failed``: why the connection is FAILED.
+
+    :ivar consecutive_failures: ``int``, consecutive failures of any kind (1 after a
+        fatal one).
+    :ivar kind: ``ErrorKind``, the last failure's :class:`ErrorKind` (after
+        ``RetryPolicy.close_codes``).
+    :ivar error: ``BaseException | None``, the last failure's exception.
+    :ivar close_code: ``int | None``, the close code that ended the last session, if it
+        was closed or dropped.
+    :ivar status_code: ``int | None``, the HTTP status of the last rejected handshake,
+        if it was rejected.
+    """
 
     #: Consecutive failures of any kind (1 after a fatal one).
     consecutive_failures: int
@@ -191,6 +234,30 @@ class ConnectionStatistics:
     Clock readings (``state_since``, ``next_retry_at``, ``connected_since``)
     are ``trio.current_time()`` values, not wall-clock times; the other
     times are durations in seconds.
+
+    :ivar state: ``ConnectionState``, the current state.
+    :ivar state_since: ``float``, clock reading when the current state was entered.
+    :ivar time_in_state: ``float``, seconds in the current state so far.
+    :ivar attempts: ``int``, connection attempts started (moves into CONNECTING).
+    :ivar consecutive_failures: ``int``, consecutive failures of any kind, as of now: 0
+        once CONNECTED has lasted ``stable_after`` seconds.
+    :ivar total_failures: ``int``, every failure since the connection was opened.
+    :ivar transitions: ``Mapping[tuple[ConnectionState, ConnectionState], int]``, how
+        many times each ``(from, to)`` edge was taken.
+    :ivar time_by_state: ``Mapping[ConnectionState, float]``, seconds spent in each
+        state, the current stay included.
+    :ivar last_error: ``str | None``, ``kind: ExceptionType`` of the last failure (no
+        message text).
+    :ivar last_error_kind: ``ErrorKind | None``, the last failure's kind.
+    :ivar last_close_code: ``int | None``, the close code of the last failure; None when
+        it had none.
+    :ivar heartbeat_rtt: ``float | None``, round trip of the last answered heartbeat, in
+        seconds.
+    :ivar next_retry_at: ``float | None``, clock reading when the next attempt is due:
+        the end of the backoff in RECONNECTING, the next probe in FAILED; None
+        otherwise.
+    :ivar connected_since: ``float | None``, clock reading when the current CONNECTED
+        stay began; None unless CONNECTED.
     """
 
     #: The current state.
