@@ -20,14 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_conn import (
     ConnectionConfig,
     ConnectionState,
+    ErrorKind,
     FailureInfo,
     ManagedConnection,
     MessageHeartbeat,
+    PingHeartbeat,
     RetryPolicy,
     TransitionRecord,
     open_connection,
     open_connection_group,
 )
+from trio_conn._meters import Traffic
 from trio_conn.metrics import PrometheusMetrics
 from trio_conn.testing import FaultServer, open_fault_server
 
@@ -251,6 +254,10 @@ class Broken:
         self.calls += 1
         raise ValueError("the registry is broken")
 
+    def heartbeat_missed(self) -> None:
+        self.calls += 1
+        raise ValueError("the registry is broken")
+
     def closed(self) -> None:
         self.calls += 1
         raise RuntimeError("the registry is broken")
@@ -385,3 +392,41 @@ async def test_open_connection_refuses_a_non_backend() -> None:
     with pytest.raises(TypeError, match="metrics must be"):
         async with open_connection_group(metrics=42):  # type: ignore[arg-type]
             pass
+
+
+async def test_missed_heartbeats_are_counted_and_every_failure_kind_starts_at_zero(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A frozen peer: the round trips stop, the misses are counted (an alert can
+    see a peer that stopped answering); the failure kinds are all exposed from
+    the start, so increase() sees each kind's first failure."""
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    config = ConnectionConfig(
+        heartbeat_interval=1.0, heartbeat_timeout=1.0, max_heartbeat_failures=3, retry=NO_JITTER
+    )
+    async with (
+        open_fault_server() as server,
+        connect(server, metrics, "feed", heartbeat=PingHeartbeat(), config=config),
+    ):
+        failures = {
+            name: value
+            for name, value in scrape(registry)["feed"].items()
+            if name.startswith("trio_conn_failures_total")
+        }
+        assert failures == {f'trio_conn_failures_total{{kind="{k}"}}': 0.0 for k in ErrorKind}
+        server.freeze()
+        await trio.sleep(2.5)  # two beats judged missed
+        assert scrape(registry)["feed"]["trio_conn_heartbeat_misses_total{}"] == 2.0
+
+
+def test_a_value_that_is_no_duration_is_not_observed() -> None:
+    metrics = PrometheusMetrics(registry=None)
+    meter: Any = metrics.attach("x", Traffic())
+    for value in (float("nan"), float("inf"), -1.0, 0.25):
+        meter.heartbeat_rtt(value)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    samples = scrape(registry)["x"]
+    assert samples["trio_conn_heartbeat_round_trip_seconds_count{}"] == 1.0
+    assert samples["trio_conn_heartbeat_round_trip_seconds_sum{}"] == 0.25

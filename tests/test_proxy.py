@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -375,3 +376,97 @@ async def test_connect_goes_through_the_proxy_it_is_given() -> None:
     assert server.connections[0].received == ["through"]
     assert PASSWORD not in stderr.decode()
     assert '"to_state":"connected"' in stderr.decode().replace(" ", "")
+
+
+# -- from a new user's trial and an adversarial review ---------------------------------
+
+
+def test_a_proxy_without_a_scheme_is_http_as_curl_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("https_proxy", "proxy.corp:3128")
+    chosen = choose_proxy(True, "feed.example.com", secure=True)
+    assert chosen is not None
+    assert (chosen.scheme, chosen.host, chosen.port) == ("http", "proxy.corp", 3128)
+
+
+def test_no_proxy_takes_an_address_with_a_port() -> None:
+    assert bypassed("127.0.0.1", "127.0.0.1:8080")
+
+
+@pytest.mark.parametrize("password", ["pässwörd", "x" * 256])
+def test_socks_credentials_beyond_rfc_1929_are_refused_unseen(password: str) -> None:
+    with pytest.raises(ValueError, match="SOCKS5 password must be 1 to 255 ASCII") as raised:
+        parse_proxy(f"socks5://user:{password}@127.0.0.1:1080")
+    assert password not in str(raised.value)
+
+
+async def test_an_ssl_context_goes_with_a_ws_url_through_an_https_proxy() -> None:
+    async with open_connection(
+        "ws://127.0.0.1:9/",
+        proxy=f"https://127.0.0.1:{free_port()}",
+        ssl_context=ssl.create_default_context(),
+    ) as conn:
+        assert conn.proxy is not None
+
+
+async def test_a_broken_socks_answer_without_credentials_is_a_network_failure() -> None:
+    """A SOCKS5 'proxy' that takes the greeting and hangs up: not the credentials'
+    fault (none were offered), so retried, never fatal."""
+    records: list[TransitionRecord] = []
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await stream.receive_some(16)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(partial(trio.serve_tcp, hang_up, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        async with open_connection(
+            "ws://127.0.0.1:9/", proxy=f"socks5://127.0.0.1:{port}", on_transition=records.append
+        ) as conn:
+            with trio.fail_after(5):
+                await conn.wait_for_state(S.RECONNECTING)
+        nursery.cancel_scope.cancel()
+    assert records[1].kind is ErrorKind.NETWORK
+    assert records[1].retry_in is not None
+
+
+async def test_an_internationalised_host_is_asked_of_an_http_proxy_in_its_dns_form() -> None:
+    lines: list[bytes] = []
+
+    async def record_connect(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        lines.append(head.split(b"\r\n")[0])
+        await stream.send_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            partial(trio.serve_tcp, record_connect, 0, host="127.0.0.1")
+        )
+        port = listener.socket.getsockname()[1]
+        async with open_connection(
+            "ws://bücher.example/", proxy=f"http://127.0.0.1:{port}"
+        ) as conn:
+            with trio.fail_after(5):
+                await conn.wait_for_state(S.RECONNECTING)
+        nursery.cancel_scope.cancel()
+    assert lines[0] == b"CONNECT xn--bcher-kva.example:80 HTTP/1.1"
+
+
+def test_connect_refuses_a_bad_environment_proxy_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", f"ftp://u:{PASSWORD}@h:21")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert main(["connect", "ws://example.com/"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trio-conn: error: the http_proxy environment variable must be")
+    assert PASSWORD not in err

@@ -23,7 +23,7 @@ from ._config import ConnectionConfig
 from ._connection import ManagedConnection, open_connection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import LogFormat, configure_logging
-from ._proxy import parse_proxy
+from ._proxy import choose_proxy, parse_proxy
 from ._records import TransitionRecord
 from ._redact import header_secrets, redact_url, url_secrets
 from ._request import check_headers, check_subprotocols, parse_url
@@ -156,6 +156,9 @@ def _checked_connect(args: argparse.Namespace) -> int:
         proxy = None if args.proxy.lower() == "none" else args.proxy
         if proxy is not None:
             parse_proxy(proxy, "--proxy")
+    else:  # the environment's, checked now: a bad one is one line too, not a traceback
+        target = parse_url(args.url, redact_url(args.url))
+        choose_proxy(True, target.host, target.secure)
     config = ConnectionConfig(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,

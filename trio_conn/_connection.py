@@ -99,8 +99,10 @@ class ManagedConnection:
         if ssl_context is not None:
             if not isinstance(ssl_context, ssl.SSLContext):
                 raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
-            if not target.secure:
-                raise ValueError(f"ssl_context was given for a ws:// URL: {shown!r}")
+            if not target.secure and not (isinstance(proxy, str) and proxy.startswith("https:")):
+                raise ValueError(
+                    f"ssl_context was given for a ws:// URL with no https:// proxy: {shown!r}"
+                )
         for hook_name, hook in (
             ("on_connect", on_connect),
             ("on_failed", on_failed),

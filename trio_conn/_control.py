@@ -34,6 +34,7 @@ class Control:
         "_lot",
         "_scopes",
         "monitor",
+        "on_miss",
         "on_rtt",
         "rtt",
         "stopping",
@@ -59,6 +60,8 @@ class Control:
         self.traffic: Traffic | None = None
         #: Called with each heartbeat round trip (seconds): the metrics' meter.
         self.on_rtt: Callable[[float], None] | None = None
+        #: Called at each missed heartbeat: the metrics' meter.
+        self.on_miss: Callable[[], None] | None = None
 
     def notify(self) -> None:
         """Wake every task waiting in :meth:`wait_changed`."""

@@ -101,6 +101,8 @@ class LiveSession:
             max_misses=config.max_heartbeat_failures,
             timeout=config.heartbeat_timeout,
         )
+        if self._control.on_miss is not None:
+            self._control.on_miss()
 
     # -- the sink of the reader (trio_conn/_transport.py: MessageSink) ---------
 

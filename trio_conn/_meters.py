@@ -97,6 +97,9 @@ class ConnectionMeter(Protocol):
     def heartbeat_rtt(self, seconds: float) -> None:
         """A heartbeat's round trip, in seconds."""
 
+    def heartbeat_missed(self) -> None:
+        """A beat went unanswered (no proof of life by its deadline)."""
+
     def closed(self) -> None:
         """The connection is CLOSED: no call follows."""
 
@@ -140,6 +143,14 @@ class GuardedMeter:
         if meter is not None:
             try:
                 meter.heartbeat_rtt(seconds)
+            except Exception as exc:
+                self._failed(exc)
+
+    def heartbeat_missed(self) -> None:
+        meter = self._meter
+        if meter is not None:
+            try:
+                meter.heartbeat_missed()
             except Exception as exc:
                 self._failed(exc)
 

@@ -86,6 +86,8 @@ def parse_proxy(url: object, source: str = "proxy") -> ProxySpec:
     """
     if not isinstance(url, str):
         raise TypeError(f"{source} must be True, None or a proxy URL str, got {type(url).__name__}")
+    if url and "://" not in url:
+        url = "http://" + url  # "proxy.corp:3128", as curl and requests read it
     shown = redact_url(url)
     if any(ch.isspace() or ch < " " or ch == "\x7f" for ch in url):
         raise ValueError(f"{source} must not contain whitespace or control characters: {shown!r}")
@@ -106,13 +108,22 @@ def parse_proxy(url: object, source: str = "proxy") -> ProxySpec:
         port = parts.port or SCHEMES[scheme]
     except ValueError:
         raise ValueError(f"{source} has an invalid port (must be 0-65535): {shown!r}") from None
+    username, password = unquote(parts.username or ""), unquote(parts.password or "")
+    if scheme.startswith("socks5") and (username or password):
+        for name, value in (("user name", username), ("password", password)):
+            # RFC 1929: each 1 to 255 bytes; python-socks sends them as ASCII.
+            if not (value.isascii() and 1 <= len(value) <= 255):
+                raise ValueError(
+                    f"{source}'s SOCKS5 {name} must be 1 to 255 ASCII characters "
+                    f"(RFC 1929); not shown: {shown!r}"
+                )
     return ProxySpec(
         scheme=scheme,
         host=parts.hostname,
         port=port,
         shown=shown,
-        username=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
+        username=username,
+        password=password,
     )
 
 
@@ -157,6 +168,8 @@ def bypassed(host: str, no_proxy: str) -> bool:
         if entry == "*":
             return True
         if address is not None:
+            if entry.count(":") == 1:  # an IPv4 entry with a port ("127.0.0.1:8080")
+                entry = entry.partition(":")[0]
             try:
                 if address in ipaddress.ip_network(entry.strip("[]"), strict=False):
                     return True
@@ -211,12 +224,20 @@ async def _socks_tunnel(proxy: ProxySpec, host: str, port: int) -> trio.abc.Stre
     except SocksError as exc:
         # A reply code is the proxy's answer to CONNECT; none means the
         # negotiation before it failed: our credentials, or none offered.
+        # Decision: without a code, a negotiation that failed while credentials
+        # were offered is taken as their refusal (rejected); without credentials
+        # it is a broken answer (network), never fatal. python-socks tells no more.
         code = exc.error_code
-        raise ProxyRefused(proxy.shown, reply_code=code, authentication=code is None) from None
+        refused_credentials = code is None and bool(proxy.username or proxy.password)
+        raise ProxyRefused(
+            proxy.shown, reply_code=code, authentication=refused_credentials
+        ) from None
     return trio.SocketStream(sock)
 
 
 async def _http_connect(stream: trio.abc.Stream, proxy: ProxySpec, host: str, port: int) -> None:
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")  # an internationalised name, as DNS has it
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     headers = [("Host", authority)]
     if proxy.username or proxy.password:

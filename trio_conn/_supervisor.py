@@ -201,6 +201,7 @@ class Supervisor:
                 self._metrics, self._events.conn_id, traffic, self._events
             )
             control.on_rtt = meter.heartbeat_rtt
+            control.on_miss = meter.heartbeat_missed
         try:
             with self.scope:
                 while True:
@@ -232,7 +233,7 @@ class Supervisor:
             if life.state is not S.CLOSED:
                 self._publish(life.close_now(trio.current_time(), "supervisor ended"))
             if self._meter is not None:
-                control.on_rtt = None
+                control.on_rtt = control.on_miss = None
                 self._meter.closed()
                 self._meter = None
 

@@ -28,6 +28,7 @@ counters stay); beyond, a connection is counted under ``conn_id="other"``.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
@@ -48,6 +49,7 @@ except ImportError as _missing:  # pragma: no cover - the extra is part of the t
     ) from _missing
 
 from ._meters import Traffic
+from ._policy import ErrorKind
 from ._records import Record, TransitionRecord
 from ._state import ConnectionState
 
@@ -68,6 +70,7 @@ OVERFLOW_CONN_ID: Final = "other"
 
 _S = ConnectionState
 _RECOVERY_OUTCOMES = ("success", "declined", "error")
+_KINDS = tuple(kind.value for kind in ErrorKind)
 
 
 class _Histogram:
@@ -88,6 +91,7 @@ class _Series:
         "attempts",
         "closed",
         "failures",
+        "heartbeat_misses",
         "live",
         "recoveries",
         "retry",
@@ -105,6 +109,7 @@ class _Series:
         self.transitions: dict[tuple[str, str, str], int] = {}
         self.state_seconds: dict[ConnectionState, float] = dict.fromkeys(_S, 0.0)
         self.attempts: int = 0
+        self.heartbeat_misses: int = 0
         self.failures: dict[str, int] = {}
         self.recoveries: dict[str, int] = dict.fromkeys(_RECOVERY_OUTCOMES, 0)
         self.rtt: _Histogram = _Histogram(rtt_buckets)
@@ -159,6 +164,11 @@ class _Meter:
         owner = self._owner
         with owner.lock:
             owner.observe(self._series.rtt, owner.heartbeat_buckets, seconds)
+
+    def heartbeat_missed(self) -> None:
+        """Count one unanswered heartbeat."""
+        with self._owner.lock:
+            self._series.heartbeat_misses += 1
 
     def closed(self) -> None:
         """The connection is CLOSED: its series is kept among the recently closed."""
@@ -269,7 +279,10 @@ class PrometheusMetrics:
                 del self._series[self._closed.popitem(last=False)[0]]
 
     def observe(self, histogram: _Histogram, bounds: tuple[float, ...], value: float) -> None:
-        """Add ``value`` to ``histogram`` (the caller holds :attr:`lock`)."""
+        """Add ``value`` to ``histogram`` (the caller holds :attr:`lock`); a value
+        that is no duration (NaN, infinite, negative) is ignored: it would poison the sum."""
+        if not 0.0 <= value < math.inf:
+            return
         histogram.counts[bisect_left(bounds, value)] += 1
         histogram.sum += value
 
@@ -302,6 +315,7 @@ def _copy(series: _Series) -> _Snapshot:
     copy.transitions = dict(series.transitions)
     copy.state_seconds = dict(series.state_seconds)
     copy.attempts = series.attempts
+    copy.heartbeat_misses = series.heartbeat_misses
     copy.failures = dict(series.failures)
     copy.recoveries = dict(series.recoveries)
     for mine, theirs in ((copy.rtt, series.rtt), (copy.retry, series.retry)):
@@ -335,6 +349,11 @@ def _families(owner: PrometheusMetrics, snapshot: list[tuple[str, _Snapshot]]) -
     failures = CounterMetricFamily(
         "trio_conn_failures", "Failed attempts and sessions, by ErrorKind.", labels=[*c, "kind"]
     )
+    misses = CounterMetricFamily(
+        "trio_conn_heartbeat_misses",
+        "Heartbeats without proof of life by their deadline (the round trips are answered ones).",
+        labels=c,
+    )
     recoveries = CounterMetricFamily(
         "trio_conn_recoveries",
         "on_failed answers: success (refreshed), declined (False), error (raised, hung, non-bool).",
@@ -362,8 +381,9 @@ def _families(owner: PrometheusMetrics, snapshot: list[tuple[str, _Snapshot]]) -
         for (from_state, to_state, kind), count in sorted(series.transitions.items()):
             transitions.add_metric([label, from_state, to_state, kind], count)
         attempts.add_metric([label], series.attempts)
-        for kind, count in sorted(series.failures.items()):
-            failures.add_metric([label, kind], count)
+        misses.add_metric([label], series.heartbeat_misses)
+        for kind in _KINDS:  # every kind from the start: increase() sees the first one
+            failures.add_metric([label, kind], series.failures.get(kind, 0))
         for outcome, count in series.recoveries.items():
             recoveries.add_metric([label, outcome], count)
         for family, histogram, bounds in (
@@ -377,7 +397,7 @@ def _families(owner: PrometheusMetrics, snapshot: list[tuple[str, _Snapshot]]) -
             family.add_metric([label], buckets, histogram.sum)
         for counter, value in zip(traffic, totals, strict=True):
             counter.add_metric([label], value)
-    yield from (state, transitions, seconds, attempts, failures, recoveries, rtt, retry)
+    yield from (state, transitions, seconds, attempts, failures, misses, recoveries, rtt, retry)
     yield from traffic
 
 
