@@ -388,7 +388,7 @@ async def test_connect_says_what_it_waits_for_when_failed() -> None:
         async with open_fault_server() as server:
             server.reject_next(100, 401)
             process = await trio.lowlevel.open_process(
-                trio_conn_command("connect", server.url, "--log-level", "critical"),
+                trio_conn_command("connect", server.url, "--log-format", "console"),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=ENV,
@@ -396,7 +396,7 @@ async def test_connect_says_what_it_waits_for_when_failed() -> None:
             assert process.stderr is not None
             stderr = b""
             try:
-                while b"\n" not in stderr:
+                while not re.search(rb"trio-conn: failed[^\n]*\n", stderr):  # fail_after
                     chunk = await process.stderr.receive_some(4096)
                     assert chunk, "trio-conn connect exited early"
                     stderr += chunk
@@ -405,12 +405,12 @@ async def test_connect_says_what_it_waits_for_when_failed() -> None:
             finally:
                 process.kill()
                 await process.wait()
-    (line,) = stderr.decode().splitlines()[:1]
+    (line,) = [ln for ln in stderr.decode().splitlines() if ln.startswith("trio-conn:")]
     assert line.startswith(
         "trio-conn: failed (rejected is fatal); probing again in 3"  # 300 s, jitter upwards
     )
     assert line.endswith("; Ctrl-C to stop")
-    assert re.search(r"\(at \d\d:\d\d:\d\d\)", line)
+    assert re.search(r"\(at \d\d:\d\d:\d\d UTC\)", line)
     assert process.returncode == 130
 
 
@@ -422,7 +422,7 @@ def test_connect_exits_on_failed_when_asked() -> None:
             server.reject_next(100, 403)
             return await trio.run_process(
                 trio_conn_command(
-                    "connect", server.url, "--exit-on-failed", "--log-level", "critical"
+                    "connect", server.url, "--exit-on-failed", "--log-format", "json"
                 ),
                 capture_stdout=True,
                 capture_stderr=True,
@@ -432,6 +432,39 @@ def test_connect_exits_on_failed_when_asked() -> None:
 
     result = trio.run(run)
     assert result.returncode == 3
-    assert result.stderr.decode().splitlines() == [
-        "trio-conn: failed (rejected is fatal); exiting with status 3 (--exit-on-failed)"
-    ]
+    # JSON on stderr stays one event per line: the FAILED line is an event too.
+    events = [json.loads(line) for line in result.stderr.decode().splitlines()]
+    (waiting,) = [e for e in events if e["event"] == "cli.waiting_in_failed"]
+    assert waiting["message"] == (
+        "failed (rejected is fatal); exiting with status 3 (--exit-on-failed)"
+    )
+
+
+async def test_connect_piped_into_head_ends_quietly() -> None:
+    """Real clock: `trio-conn connect URL | head -1`: when the reader of stdout
+    goes, connect closes and exits 0, with no traceback."""
+    with trio.fail_after(30):
+        async with open_fault_server() as server:
+            process = await trio.lowlevel.open_process(
+                trio_conn_command("connect", server.url, "--log-level", "critical"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=ENV,
+            )
+            assert process.stdout is not None
+            assert process.stderr is not None
+            try:
+                await server.wait_accepted(1)
+                await server.push("first")
+                assert (await process.stdout.receive_some(100)).startswith(b"first")
+                await process.stdout.aclose()  # head -1 has its line
+                await server.push("second")  # the write that finds the pipe closed
+                stderr = b""
+                while chunk := await process.stderr.receive_some(65536):
+                    stderr += chunk
+                await process.wait()
+            finally:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 0
+    assert b"Traceback" not in stderr

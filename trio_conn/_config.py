@@ -34,6 +34,39 @@ _COUNTS = (
 class ConnectionConfig:
     """Timings and limits of a managed connection. Every value is checked on creation.
 
+    :ivar heartbeat_interval: ``float``, default ``15.0``. Seconds between heartbeats,
+        from one beat's scheduled time to the next (``max(heartbeat_interval,
+        heartbeat_timeout)`` while unanswered).
+    :ivar heartbeat_timeout: ``float``, default ``30.0``. Seconds from a beat's
+        scheduled time by which it must be sent and answered (or some byte come from the
+        peer) before counting a miss.
+    :ivar max_heartbeat_failures: ``int``, default ``3``. Consecutive misses that end
+        the session as dead.
+    :ivar max_connection_failures: ``int``, default ``5``. Consecutive failed attempts
+        (or unstable sessions) that move to FAILED.
+    :ivar connect_timeout: ``float``, default ``10.0``. Bound on one whole attempt:
+        headers, DNS, TCP, TLS, handshake, on_connect.
+    :ivar stable_after: ``float``, default ``30.0``. Seconds CONNECTED must last before
+        the failure count resets (0: at once).
+    :ivar recovery_cooldown: ``float``, default ``60.0``. Minimum seconds between two
+        calls of the on_failed hook (0: no minimum).
+    :ivar failed_retry_interval: ``float | None``, default ``300.0``. Seconds between
+        probes while FAILED (spread upwards by the retry jitter); None: stay FAILED
+        until ``reset()`` or the hook refreshes.
+    :ivar retry: ``RetryPolicy``, default ``RetryPolicy()``. Backoff rows, jitter and
+        which kinds of error are fatal.
+    :ivar receive_buffer: ``int``, default ``64``. Messages buffered between the socket
+        and the application.
+    :ivar max_message_size: ``int``, default ``1024 * 1024``. Largest message accepted
+        from the peer, in bytes (UTF-8 for text, after decompression); a larger one
+        closes the connection with 1009.
+    :ivar max_message_fragments: ``int``, default ``4096``. Most frames one message may
+        arrive in; more closes with 1009 (a peer that streams empty continuation frames
+        holds no memory for long).
+    :ivar close_timeout: ``float``, default ``5.0``. Bound on the closing handshake when
+        the connection is closed.
+    :ivar stuck_after: ``Mapping[ConnectionState, float]``, default ``field(``. States
+        watched for being held too long, with the limit in seconds.
     :raises ValueError: a value breaks its rule; the message names the field,
         the value and the rule.
     :raises TypeError: a value has the wrong type.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+import structlog
 import trio
 
 from ._config import ConnectionConfig
@@ -168,7 +170,7 @@ def _checked_connect(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
     )
     heartbeat = _heartbeat(args)
-    configure_events(args, sys.stderr)
+    log_format = configure_events(args, sys.stderr)
     options = _ConnectOptions(
         config=config,
         heartbeat=heartbeat,
@@ -178,6 +180,7 @@ def _checked_connect(args: argparse.Namespace) -> int:
         subprotocols=subprotocols,
         compression=None if args.no_compression else "deflate",
         exit_on_failed=args.exit_on_failed,
+        human_stderr=log_format == "console",
         proxy=proxy,
     )
     status: int = trio.run(_connect, args.url, options)
@@ -195,6 +198,9 @@ class _ConnectOptions:
     compression: str | None
     proxy: bool | str | None
     exit_on_failed: bool = False
+    #: Events on stderr for people (console): the FAILED line is printed as
+    #: it is; else it is an event too, so the stream stays one JSON per line.
+    human_stderr: bool = True
 
 
 def _failed_line(reason: str, probe_in: float | None, exit_on_failed: bool) -> str:
@@ -204,8 +210,9 @@ def _failed_line(reason: str, probe_in: float | None, exit_on_failed: bool) -> s
     elif probe_in is None:
         then = "it will not retry by itself: restart trio-conn once the cause is fixed"
     else:
-        at = time.strftime("%H:%M:%S", time.localtime(time.time() + probe_in))
-        then = f"probing again in {probe_in:.0f} s (at {at}); Ctrl-C to stop"
+        # UTC, as the console format's times of day.
+        at = time.strftime("%H:%M:%S", time.gmtime(time.time() + probe_in))
+        then = f"probing again in {probe_in:.0f} s (at {at} UTC); Ctrl-C to stop"
     return f"trio-conn: failed ({reason}); {then}"
 
 
@@ -237,7 +244,14 @@ async def _connect(url: str, options: _ConnectOptions) -> int:
                 next_at = conn_ref[0].statistics().next_retry_at if conn_ref else None
                 probe_in = None if next_at is None else max(0.0, next_at - trio.current_time())
                 line = _failed_line(record.reason, probe_in, options.exit_on_failed)
-                print(scrub_line(printable(line)), file=sys.stderr, flush=True)
+                if options.human_stderr:
+                    print(scrub_line(printable(line)), file=sys.stderr, flush=True)
+                else:  # one more JSON line, which report counts as another event
+                    structlog.get_logger("trio_conn").warning(
+                        "cli.waiting_in_failed",
+                        message=line.removeprefix("trio-conn: "),
+                        probe_in_s=None if probe_in is None else round(probe_in, 3),
+                    )
                 failed.set()
 
             async def stop_on_failed() -> None:
@@ -262,5 +276,18 @@ async def _connect(url: str, options: _ConnectOptions) -> int:
             ) as conn:
                 conn_ref.append(conn)
                 async for message in conn:
-                    print(format_message(message), flush=True)
+                    try:
+                        print(format_message(message), flush=True)
+                    except BrokenPipeError:  # `| head -1`: the reader is done, so are we
+                        silence_stdout()
+                        nursery.cancel_scope.cancel()
+                        break
     return statuses[0] if statuses else 0
+
+
+def silence_stdout() -> None:
+    """stdout's reader went away (a closed pipe): point stdout at /dev/null, so
+    that nothing more, not even the interpreter's last flush, raises."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -414,7 +414,8 @@ async def open_connection(
         None (default): generated.
     :param ssl_context: an ``ssl.SSLContext`` for ``wss://``; None
         (default): ``ssl.create_default_context()``, certificates verified.
-        Given with a ``ws://`` URL: ValueError.
+        It also serves TLS to an ``https://`` proxy. Given with a ``ws://``
+        URL and no ``https://`` proxy: ValueError.
     :param subprotocols: ``Sequence[str]`` of HTTP tokens offered in
         ``Sec-WebSocket-Protocol`` (RFC 6455 section 1.9);
         ``conn.subprotocol`` is the one the server chose. Default ``()``.

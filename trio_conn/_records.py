@@ -81,7 +81,8 @@ class TransitionRecord:
     :ivar close_code: ``int | None``, the close code that ended the session, whichever
         side sent it (1006: the stream just ended; 1009: the client closed for an
         oversized message).
-    :ivar status_code: ``int | None``, hTTP status of a rejected handshake.
+    :ivar status_code: ``int | None``, the HTTP status of a rejected handshake (or of
+        a proxy's refusal).
     :ivar retry_in: ``float | None``, seconds slept in RECONNECTING before the next
         attempt; None on a move to FAILED and on any move without a sleep.
     """
@@ -175,7 +176,7 @@ class FailureInfo:
         if it was rejected.
     """
 
-    #: Consecutive failures of any kind (1 after a fatal one).
+    #: Consecutive failures of any kind (a fatal kind moves to FAILED whatever the count).
     consecutive_failures: int
     #: The last failure's :class:`ErrorKind` (after ``RetryPolicy.close_codes``).
     kind: ErrorKind

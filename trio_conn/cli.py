@@ -16,7 +16,7 @@ import trio
 
 from . import __version__
 from ._config import ConnectionConfig
-from ._connect_command import EXIT_FAILED, configure_events, run_connect
+from ._connect_command import EXIT_FAILED, configure_events, run_connect, silence_stdout
 from ._logging import FORMATS, LEVELS
 from ._report_command import run_report
 from ._sink import scrub_line
@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args)
+    except BrokenPipeError:  # `| head`: stdout's reader is done, so are we
+        silence_stdout()
+        return 0
     except ValueError as exc:  # bad input found after parsing: a clear line, no traceback
         print(f"trio-conn: error: {scrub_line(printable(str(exc)))}", file=sys.stderr)
         return EXIT_USAGE

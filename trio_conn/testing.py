@@ -100,7 +100,7 @@ class _Session:
 
 
 class FaultServer:
-    """The running server. Change its attributes or call its methods at any time.
+    r"""The running server. Change its attributes or call its methods at any time.
 
     Behaviour attributes (read at the moment they matter):
 
