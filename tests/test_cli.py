@@ -192,7 +192,7 @@ def test_connect_rejects_bad_input_clearly(capsys: pytest.CaptureFixture[str]) -
     assert main(["connect", "ws://x/", "--heartbeat", "message", "--heartbeat-reply", "[1]"]) == 2
     assert "--heartbeat-reply must be a JSON object" in capsys.readouterr().err
     assert main(["connect", "ws://x/", "--heartbeat-timeout", "0"]) == 2
-    assert "heartbeat_timeout must be finite and > 0" in capsys.readouterr().err
+    assert "--heartbeat-timeout must be finite and > 0" in capsys.readouterr().err
 
 
 def test_connect_helpers() -> None:
@@ -468,3 +468,14 @@ async def test_connect_piped_into_head_ends_quietly() -> None:
                 await process.wait()
     assert process.returncode == 0
     assert b"Traceback" not in stderr
+
+
+def test_connect_names_options_as_typed_and_refuses_a_lone_reply(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["connect", "ws://x/", "--heartbeat-interval", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trio-conn: error: --heartbeat-interval must be")
+    assert "ConnectionConfig" not in err
+    assert main(["connect", "ws://x/", "--heartbeat-reply", '{"op": "pong"}']) == 2
+    assert "only go with --heartbeat message" in capsys.readouterr().err

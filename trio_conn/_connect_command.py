@@ -98,10 +98,11 @@ def _heartbeat(args: argparse.Namespace) -> Heartbeat | None:
     if args.heartbeat == "ping":
         return PingHeartbeat()
     try:
-        beat = json.dumps(json.loads(args.heartbeat_message), separators=(",", ":"))
+        message = args.heartbeat_message or '{"op": "ping"}'
+        beat = json.dumps(json.loads(message), separators=(",", ":"))
     except ValueError as exc:
         raise ValueError(f"--heartbeat-message must be JSON ({exc})") from None
-    return MessageHeartbeat(lambda: beat, reply_matcher(args.heartbeat_reply))
+    return MessageHeartbeat(lambda: beat, reply_matcher(args.heartbeat_reply or '{"op": "pong"}'))
 
 
 def format_message(message: Data) -> str:
@@ -161,14 +162,27 @@ def _checked_connect(args: argparse.Namespace) -> int:
     else:  # the environment's, checked now: a bad one is one line too, not a traceback
         target = parse_url(args.url, redact_url(args.url))
         choose_proxy(True, target.host, target.secure)
-    config = ConnectionConfig(
-        heartbeat_interval=args.heartbeat_interval,
-        heartbeat_timeout=args.heartbeat_timeout,
-        max_heartbeat_failures=args.max_heartbeat_failures,
-        max_connection_failures=args.max_connection_failures,
-        connect_timeout=args.connect_timeout,
-        max_message_size=args.max_message_size,
-    )
+    options_of_fields = {
+        "heartbeat_interval": args.heartbeat_interval,
+        "heartbeat_timeout": args.heartbeat_timeout,
+        "max_heartbeat_failures": args.max_heartbeat_failures,
+        "max_connection_failures": args.max_connection_failures,
+        "connect_timeout": args.connect_timeout,
+        "max_message_size": args.max_message_size,
+    }
+    try:
+        config = ConnectionConfig(**options_of_fields)
+    except ValueError as exc:  # named as the person typed it: --heartbeat-interval
+        text = str(exc)
+        for field in options_of_fields:
+            text = text.replace(f"ConnectionConfig.{field}", "--" + field.replace("_", "-"))
+        raise ValueError(text) from None
+    if args.heartbeat != "message" and (
+        args.heartbeat_message is not None or args.heartbeat_reply is not None
+    ):
+        raise ValueError(
+            "--heartbeat-message and --heartbeat-reply only go with --heartbeat message"
+        )
     heartbeat = _heartbeat(args)
     log_format = configure_events(args, sys.stderr)
     options = _ConnectOptions(

@@ -57,7 +57,10 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(report))
     if report.malformed:
-        print(f"trio-conn: {report.malformed} malformed lines skipped", file=sys.stderr)
+        lines = "line" if report.malformed == 1 else "lines"
+        print(f"trio-conn: {report.malformed} malformed {lines} skipped", file=sys.stderr)
+    if not report.connections:
+        print("trio-conn: no connection event in the input", file=sys.stderr)
     if args.plot is not None:
         from ._plot import PlotUnavailable, plot_timeline
 

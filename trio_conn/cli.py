@@ -81,13 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--heartbeat-message",
         metavar="JSON",
-        default='{"op": "ping"}',
         help='with --heartbeat message: the JSON sent as a beat (default {"op": "ping"})',
     )
     connect.add_argument(
         "--heartbeat-reply",
         metavar="JSON",
-        default='{"op": "pong"}',
         help="with --heartbeat message: a JSON object; a message containing all of its "
         'keys and values is a reply (default {"op": "pong"})',
     )
@@ -166,7 +164,12 @@ def _logging_options(parser: argparse.ArgumentParser) -> None:
         choices=FORMATS,
         help="event format on stderr (default: console on a terminal, json otherwise)",
     )
-    parser.add_argument("--log-level", choices=tuple(LEVELS), default="info")
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(LEVELS),
+        default="info",
+        help="the least severe events written (default info)",
+    )
 
 
 # -- demo --------------------------------------------------------------------------
