@@ -16,16 +16,10 @@ Rules of the house:
   closes the old member and starts the new one with no checkpoint between
   the old one's end and the new one's start: ``group[key]`` is never
   missing, and two WebSocket connections for one key never exist.
-- Removing a member (``remove``, ``restart``, leaving the block) is
-  shielded and bounded: the close within ``close_timeout`` plus a margin,
-  then the member's handler gets ``close_timeout`` to drain what was
-  buffered, then it is cancelled.
-- The handler owns its member's life, as a server's handler owns its
-  connection: when it returns, the member is closed (reason ``handler
-  returned``); when it raises, the error is logged (``connection.hook_failed``,
-  hook ``handler``) and the member is closed. Either way only that member,
-  which stays in the group, CLOSED (``statistics().closed``), until removed
-  or restarted.
+- Removing a member (``remove``, ``restart``, leaving the block) ends it as
+  ``trio_conn/_member.py`` says: shielded and bounded. A member whose
+  handler returned or raised is closed and stays in the group, CLOSED
+  (``statistics().closed``), until removed or restarted.
 - ``remove`` or ``restart`` called from the member's own ``on_connect`` or
   ``on_failed`` cannot wait for its close (the close waits for the hook):
   the request is made and the rest is finished by a task of the group's.
@@ -56,12 +50,12 @@ from ._config import ConnectionConfig
 from ._connection import (
     MADE_BY_THE_LIBRARY,
     ManagedConnection,
-    close_within_bound,
     supervisor_of,
 )
 from ._exception_groups import holds_only, reraise
 from ._exceptions import leaves
 from ._heartbeat import Heartbeat, PingHeartbeat
+from ._member import Member
 from ._membership import (
     UNSET,
     GroupStatistics,
@@ -94,55 +88,6 @@ DEFAULT_ATTEMPTS_PER_SECOND: Final = 100.0
 DEFAULT_ATTEMPT_BURST: Final = 10
 
 
-class _Member:
-    __slots__ = (
-        "conn",
-        "handler_done",
-        "handler_scope",
-        "handler_task",
-        "options",
-        "run_done",
-        "run_task",
-    )
-
-    def __init__(self, conn: ManagedConnection, options: MemberOptions) -> None:
-        self.conn = conn
-        self.options = options
-        self.run_done = trio.Event()
-        self.handler_scope = trio.CancelScope()
-        self.handler_done = trio.Event()
-        self.handler_task: trio.lowlevel.Task | None = None
-        self.run_task: trio.lowlevel.Task | None = None  # its supervisor's: hooks run there
-
-    def calls_from_its_hooks(self) -> bool:
-        """Whether the current task is the member's supervisor or one it started:
-        its on_connect, its on_failed, or a task of theirs. Such a caller cannot
-        wait for the member's close (the close waits for the hook)."""
-        return _within(self.run_task)
-
-
-def _forget_secrets_when_done(member: _Member) -> None:
-    """Once the member's supervisor and handler have both ended, no event of it
-    follows: its secrets can go (a handler's error after CLOSED is still scrubbed)."""
-    if member.run_done.is_set() and member.handler_done.is_set():
-        supervisor_of(member.conn).events.forget_secrets()
-
-
-def _within(ancestor: trio.lowlevel.Task | None) -> bool:
-    """Whether the current task is ``ancestor`` or a task below it."""
-    if ancestor is None:
-        return False
-    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-    for _ in range(1000):  # a task tree is never that deep; bounded anyway
-        if task is None:
-            return False
-        if task is ancestor:
-            return True
-        nursery = task.parent_nursery
-        task = None if nursery is None else nursery.parent_task
-    return False
-
-
 class ConnectionGroup(Mapping[str, ManagedConnection]):
     """Members by key. Made by :func:`open_connection_group`.
 
@@ -161,7 +106,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         self._nursery = nursery
         self._defaults = defaults
         self._admission = admission
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, Member] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._closing = False
         # Attempts and failures of members gone (removed, replaced): totals never go back.
@@ -276,9 +221,9 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
                 del self._members[key]
                 self._forget(member)
                 supervisor_of(member.conn).request_stop(S.CLOSED, reason)
-                self._nursery.start_soon(self._finish, member)
+                self._nursery.start_soon(member.finish)
                 return
-            await self._stop(member, reason)
+            await member.stop(reason)
             del self._members[key]
             self._forget(member)
 
@@ -347,7 +292,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
                 supervisor_of(old.conn).request_stop(S.CLOSED, reason)
                 self._nursery.start_soon(self._replace_later, key, old, new, reason)
                 return new.conn
-            await self._stop(old, reason)
+            await old.stop(reason)
             self._forget(old)
             if self._closing:  # the group began closing meanwhile: new must not run
                 supervisor_of(new.conn).events.forget_secrets()
@@ -404,7 +349,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(key, None)  # nobody holds or waits for it
 
-    def _make(self, key: str, options: MemberOptions) -> _Member:
+    def _make(self, key: str, options: MemberOptions) -> Member:
         if options.handler is not None:
             check_async_callable("handler", options.handler)
         conn = ManagedConnection(
@@ -425,91 +370,29 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             metrics=self._defaults["metrics"],
             made_by=MADE_BY_THE_LIBRARY,
         )
-        return _Member(conn, options)
+        return Member(conn, options)
 
-    def _start(self, key: str, member: _Member) -> None:
+    def _start(self, key: str, member: Member) -> None:
         assert not self._closing, "a member started while the group closes would never end"
         self._members[key] = member
-        self._nursery.start_soon(self._run, member, name=f"trio_conn member {key}")
-        handler = member.options.handler
-        if handler is None:
-            member.handler_done.set()
-        else:
-            self._nursery.start_soon(
-                self._run_handler, member, handler, name=f"trio_conn handler {key}"
-            )
+        member.start(self._nursery, key)
 
-    def _forget(self, member: _Member) -> None:
+    def _forget(self, member: Member) -> None:
         """A member leaves the group: its figures join the totals of the past."""
-        attempts, failures = supervisor_of(member.conn).totals()
+        attempts, failures = member.totals()
         self._past_attempts += attempts
         self._past_failures += failures
 
-    async def _finish(self, member: _Member) -> None:
-        """End a member whose close was requested from its own hook (shielded)."""
-        with trio.CancelScope(shield=True):
-            await member.run_done.wait()  # the hook returns, CLOSED follows
-            await self._end_handler(member, member.conn.config.close_timeout)
-
-    async def _replace_later(self, key: str, old: _Member, new: _Member, reason: str) -> None:
+    async def _replace_later(self, key: str, old: Member, new: Member, reason: str) -> None:
         """Restart requested from the old member's own hook: start ``new`` once
         ``old`` has ended, unless the key changed meanwhile (then ``new`` never runs)."""
         async with self._lock(key):
-            await self._stop(old, reason)
+            await old.stop(reason)
             if self._members.get(key) is old and not self._closing:
                 self._forget(old)
                 self._start(key, new)
             else:
                 supervisor_of(new.conn).events.forget_secrets()  # never started
-
-    async def _run(self, member: _Member) -> None:
-        member.run_task = trio.lowlevel.current_task()
-        try:
-            await supervisor_of(member.conn).run(self._nursery)
-        finally:
-            member.run_done.set()
-            _forget_secrets_when_done(member)
-
-    async def _run_handler(self, member: _Member, handler: Handler) -> None:
-        member.handler_task = trio.lowlevel.current_task()
-        conn = member.conn
-        try:
-            with member.handler_scope:
-                await handler(conn)
-            if not member.handler_scope.cancelled_caught:
-                # The handler owns the member's life, as a server's handler owns
-                # its connection: nobody would read its messages any more.
-                supervisor_of(conn).request_stop(S.CLOSED, "handler returned")
-        except Exception as exc:
-            supervisor_of(conn).events.hook_failed(hook="handler", error=exc)
-            supervisor_of(conn).request_stop(S.CLOSED, f"handler raised {type(exc).__name__}")
-        finally:
-            member.handler_done.set()
-            _forget_secrets_when_done(member)
-
-    async def _stop(self, member: _Member, reason: str) -> None:
-        """Close ``member`` and end its tasks, shielded and bounded (rules above)."""
-        await close_within_bound(member.conn, reason)
-        with trio.CancelScope(shield=True):
-            await member.run_done.wait()  # the supervisor was cancelled past its bound
-            await self._end_handler(member, member.conn.config.close_timeout)
-
-    @staticmethod
-    async def _end_handler(member: _Member, grace: float) -> None:
-        if _within(member.handler_task):
-            # Called from the handler (or a task of its): it cannot wait for
-            # itself. It has the grace to end; then it is cancelled.
-            member.handler_scope.deadline = min(
-                member.handler_scope.deadline, trio.current_time() + grace
-            )
-            return
-        with trio.move_on_after(grace):
-            await member.handler_done.wait()  # it drains the buffer, sees the end
-        member.handler_scope.cancel()
-        # Bounded too: a handler shielded in a wait of its own (removing
-        # another member whose handler removes this one) ends when that does.
-        with trio.move_on_after(grace):
-            await member.handler_done.wait()
 
     async def aclose(self, reason: str = "the group closed") -> None:
         """Close every member at once, each as :meth:`remove` does, shielded.
@@ -525,7 +408,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for member in members:
-                    nursery.start_soon(self._stop, member, reason)
+                    nursery.start_soon(member.stop, reason)
 
 
 @asynccontextmanager
