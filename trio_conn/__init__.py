@@ -4,7 +4,7 @@
 __version__ = "0.2.0.dev0"
 
 from ._config import ConnectionConfig
-from ._connection import ManagedConnection, open_connection
+from ._connection import ManagedConnection
 from ._exceptions import (
     ConnectionClosed,
     ConnectionRejected,
@@ -18,6 +18,7 @@ from ._failure import classify
 from ._group import ConnectionGroup, GroupStatistics, open_connection_group
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import configure_logging
+from ._open import open_connection
 from ._policy import Backoff, ErrorKind, RetryPolicy
 from ._records import ConnectionStatistics, FailureInfo, RecoveryRecord, TransitionRecord
 from ._redact import redact_url

@@ -22,9 +22,10 @@ import structlog
 import trio
 
 from ._config import ConnectionConfig
-from ._connection import ManagedConnection, open_connection
+from ._connection import ManagedConnection
 from ._heartbeat import Heartbeat, MessageHeartbeat, PingHeartbeat
 from ._logging import LogFormat, configure_logging
+from ._open import open_connection
 from ._proxy import choose_proxy, parse_proxy
 from ._records import TransitionRecord
 from ._redact import header_secrets, redact_url, url_secrets

@@ -12,7 +12,8 @@ from typing import TextIO
 import trio
 
 from ._config import ConnectionConfig
-from ._connection import ManagedConnection, open_connection
+from ._connection import ManagedConnection
+from ._open import open_connection
 from ._policy import Backoff, ErrorKind, RetryPolicy
 from ._records import ConnectionStatistics, FailureInfo, TransitionRecord
 from ._state import ConnectionState
