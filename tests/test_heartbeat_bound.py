@@ -12,6 +12,8 @@ Every test runs on the autojump clock over the fault server's memory streams.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from trio_conn import (
     ConnectionState,
     ErrorKind,
     Heartbeat,
+    ManagedConnection,
     MessageHeartbeat,
     NotConnected,
     PingHeartbeat,
@@ -32,7 +35,7 @@ from trio_conn import (
     TransitionRecord,
     open_connection,
 )
-from trio_conn.testing import open_fault_server
+from trio_conn.testing import FaultServer, open_fault_server
 
 S = ConnectionState
 NO_JITTER = RetryPolicy(jitter=0.0)
@@ -259,21 +262,31 @@ def test_overriding_is_response_is_enough_to_have_replies_looked_for() -> None:
     assert PingHeartbeat.replies_are_messages is False
 
 
-async def test_a_heartbeat_that_overrides_is_response_has_its_replies_consumed(
-    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
-) -> None:
+@asynccontextmanager
+async def json_ping_peer(
+    heartbeat: Heartbeat,
+) -> AsyncIterator[tuple[FaultServer, ManagedConnection]]:
+    """A fault server that answers PING_OP with PONG_OP, and a CONNECTED
+    connection to it beating with ``heartbeat``."""
     async with open_fault_server() as server:
         server.is_heartbeat = lambda message: message == PING_OP
         server.heartbeat_reply = lambda message: PONG_OP
         async with open_connection(
-            server.url, open_stream=server.open_stream, config=FAST, heartbeat=JsonPing()
+            server.url, open_stream=server.open_stream, config=FAST, heartbeat=heartbeat
         ) as conn:
             await conn.wait_for_state(S.CONNECTED)
-            await trio.sleep(10)  # 20 beats, 20 replies
-            await server.push("data")
-            assert await conn.receive() == "data"  # no reply in front of it
-            assert conn.statistics().heartbeat_rtt == 0.0
-            assert conn.state is S.CONNECTED
+            yield server, conn
+
+
+async def test_a_heartbeat_that_overrides_is_response_has_its_replies_consumed(
+    autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
+) -> None:
+    async with json_ping_peer(JsonPing()) as (server, conn):
+        await trio.sleep(10)  # 20 beats, 20 replies
+        await server.push("data")
+        assert await conn.receive() == "data"  # no reply in front of it
+        assert conn.statistics().heartbeat_rtt == 0.0
+        assert conn.state is S.CONNECTED
     assert server.connections[0].received.count(PING_OP) >= 20
     assert misses(events) == []
 
@@ -332,17 +345,11 @@ class AnswersNotABool(JsonPing):
 async def test_an_is_response_that_answers_no_bool_delivers_the_message_and_says_so(
     autojump_clock: trio.testing.MockClock, events: list[dict[str, Any]]
 ) -> None:
-    async with open_fault_server() as server:
-        server.is_heartbeat = lambda message: message == PING_OP
-        server.heartbeat_reply = lambda message: PONG_OP
-        async with open_connection(
-            server.url, open_stream=server.open_stream, config=FAST, heartbeat=AnswersNotABool()
-        ) as conn:
-            await conn.wait_for_state(S.CONNECTED)
-            await trio.sleep(FAST.heartbeat_interval * 2)  # a beat and its reply
-            await server.push("data")
-            assert await conn.receive() == PONG_OP  # delivered, not swallowed
-            assert conn.state is S.CONNECTED
+    async with json_ping_peer(AnswersNotABool()) as (server, conn):
+        await trio.sleep(FAST.heartbeat_interval * 2)  # a beat and its reply
+        await server.push("data")
+        assert await conn.receive() == PONG_OP  # delivered, not swallowed
+        assert conn.state is S.CONNECTED
     failed = [e for e in events if e["event"] == "connection.hook_failed"]
     assert failed
     assert failed[0]["hook"] == "heartbeat.is_response"
