@@ -177,12 +177,11 @@ def lines_of(fmt: Format, stream: io.StringIO) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-async def test_a_padded_bearer_token_echoed_in_a_close_reason(
-    fmt: Format, autojump_clock: trio.testing.MockClock
-) -> None:
-    token = base64.b64encode(b"trio-conn-tokn-1").decode()
-    assert token.endswith("==")
+async def lines_when_echoed(
+    fmt: Format, header: tuple[str, str], code: int, reason: str
+) -> list[str]:
+    """The lines written in ``fmt`` by a connection sending ``header`` whose server
+    closes it with ``code`` and ``reason`` (an echo of the header's secret)."""
     stream = io.StringIO()
     configure_logging(fmt, stream=stream)
     async with (
@@ -190,14 +189,25 @@ async def test_a_padded_bearer_token_echoed_in_a_close_reason(
         open_connection(
             server.url,
             open_stream=server.open_stream,
-            headers=[("Authorization", f"Bearer {token}")],
+            headers=[header],
             config=ConnectionConfig(retry=RetryPolicy(jitter=0.0)),
         ) as conn,
     ):
         await conn.wait_for_state(S.CONNECTED)
-        await server.close_all(4001, f"bad token {token}")
+        await server.close_all(code, reason)
         await conn.wait_for_state(S.RECONNECTING)
-    lines = lines_of(fmt, stream)
+    return lines_of(fmt, stream)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_padded_bearer_token_echoed_in_a_close_reason(
+    fmt: Format, autojump_clock: trio.testing.MockClock
+) -> None:
+    token = base64.b64encode(b"trio-conn-tokn-1").decode()
+    assert token.endswith("==")
+    lines = await lines_when_echoed(
+        fmt, ("Authorization", f"Bearer {token}"), 4001, f"bad token {token}"
+    )
     assert any("4001" in line for line in lines)
     for line in lines:
         assert not leaked(token, line), line
@@ -211,21 +221,7 @@ async def test_a_cookie_echoed_percent_encoded_in_lower_case(
     cookie = "s3ss/i0n:v@lue+1"
     echoed = lower_hex(quote(cookie, safe=""))
     assert echoed != quote(cookie, safe="")
-    stream = io.StringIO()
-    configure_logging(fmt, stream=stream)
-    async with (
-        open_fault_server() as server,
-        open_connection(
-            server.url,
-            open_stream=server.open_stream,
-            headers=[("Cookie", f"sid={cookie}")],
-            config=ConnectionConfig(retry=RetryPolicy(jitter=0.0)),
-        ) as conn,
-    ):
-        await conn.wait_for_state(S.CONNECTED)
-        await server.close_all(4002, f"unknown sid={echoed}")
-        await conn.wait_for_state(S.RECONNECTING)
-    lines = lines_of(fmt, stream)
+    lines = await lines_when_echoed(fmt, ("Cookie", f"sid={cookie}"), 4002, f"unknown sid={echoed}")
     assert any("4002" in line for line in lines)
     for line in lines:
         assert not leaked(echoed, line), line
