@@ -259,18 +259,14 @@ class HeartbeatMonitor:
                 await self._heartbeat.beat(session)  # may wait behind a fragment: the clock runs
                 if beat.replied_at is None:
                     beat.sent_at = trio.current_time()
-                # Checkpoints every interval inside a long timeout: a beat whose
-                # window already holds a byte from the peer is judged alive there,
-                # so the next beat starts at most one interval after that byte.
+                # Checkpoints every interval until the reply or the deadline: a
+                # beat whose window already holds a byte from the peer is judged
+                # alive there, so the next beat starts within an interval of it.
                 checkpoint = scheduled + self._interval
-                while checkpoint < deadline:
+                while not self._proof(beat, received, episodes, blocked):
                     with trio.move_on_at(checkpoint):
                         await beat.replied.wait()
-                    if self._proof(beat, received, episodes, blocked):
-                        break
                     checkpoint += self._interval
-                else:
-                    await beat.replied.wait()
             if beat.replied_at is None:
                 for _ in range(JUDGE_YIELDS):  # bytes read in a stall of the loop count
                     await trio.lowlevel.cancel_shielded_checkpoint()
