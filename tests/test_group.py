@@ -748,3 +748,66 @@ async def test_a_handlers_keyboard_interrupt_comes_out_as_itself(
         with pytest.raises(error):
             await run_group(server)
     assert [conn.state for conn in members] == [S.CLOSED, S.CLOSED]
+
+
+async def test_two_members_removing_each_other_from_their_on_connect_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A's on_connect removes B while B's on_connect removes A: neither waits for
+    the other's close (each close would wait for the other's hook)."""
+    both_in_hooks = trio.Event()
+    entered: list[str] = []
+    async with open_fault_server() as server:
+        started = trio.current_time()
+        async with open_connection_group(open_stream=server.open_stream) as group:
+
+            def remover(other: str) -> Any:
+                async def on_connect(session: Session) -> None:
+                    entered.append(other)
+                    if len(entered) == 2:
+                        both_in_hooks.set()
+                    await both_in_hooks.wait()
+                    await group.remove(other)
+
+                return on_connect
+
+            a = await group.add("a", server.url, on_connect=remover("b"))
+            b = await group.add("b", server.url, on_connect=remover("a"))
+            with trio.fail_after(10):
+                await a.wait_for_state(S.CLOSED)
+                await b.wait_for_state(S.CLOSED)
+            assert len(group) == 0
+        assert trio.current_time() - started < 10
+
+
+async def test_a_second_restart_from_a_hook_while_the_first_is_pending_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """B's on_connect restarts A twice: the first returns A's successor at once
+    (a hook waits for no close), the second finds it under way."""
+    outcomes: list[object] = []
+    done = trio.Event()
+    async with (
+        open_fault_server() as server,
+        open_connection_group(open_stream=server.open_stream) as group,
+    ):
+
+        async def restart_a_twice(session: Session) -> None:
+            outcomes.append(await group.restart("a"))
+            try:
+                await group.restart("a")
+            except trio.BusyResourceError as exc:
+                outcomes.append(exc)
+            done.set()
+
+        old = await group.add("a", server.url)
+        await old.wait_for_state(S.CONNECTED)
+        await group.add("b", server.url, on_connect=restart_a_twice)
+        with trio.fail_after(30):
+            await done.wait()
+            new = outcomes[0]
+            assert isinstance(new, ManagedConnection)
+            await old.wait_for_state(S.CLOSED)
+            await new.wait_for_state(S.CONNECTED)
+        assert group["a"] is new
+        assert isinstance(outcomes[1], trio.BusyResourceError)

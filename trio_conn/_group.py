@@ -206,10 +206,10 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
 
         Returns once it is closed and gone: within ``close_timeout`` plus a
         second, and its handler's ``close_timeout``. Shielded from
-        cancellation (a half-removed member would be worse). Called from the
-        member's own ``on_connect`` or ``on_failed`` (which its close waits
-        for), it forgets the member and returns at once; the member closes
-        when the hook returns.
+        cancellation (a half-removed member would be worse). Called from a
+        member's ``on_connect`` or ``on_failed`` (this member's or another's:
+        a close waits for its member's hook, so a hook waits for none), it
+        forgets the member and returns at once; the member closes meanwhile.
 
         :raises KeyError: ``key`` is not a member.
         """
@@ -217,7 +217,7 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             member = self._members.get(key)
             if member is None:
                 raise KeyError(f"{key!r} is not a member of the group")
-            if member.calls_from_its_hooks():
+            if self._called_from_a_hook():
                 del self._members[key]
                 self._forget(member)
                 supervisor_of(member.conn).request_stop(S.CLOSED, reason)
@@ -257,6 +257,11 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         admission like any other. For rotated credentials, pass the new
         ``headers`` (or keep a ``headers()`` callable that reads them).
 
+        Called from a member's ``on_connect`` or ``on_failed`` it returns the
+        new connection at once; the new member starts once the old one ends.
+
+        :raises trio.BusyResourceError: a restart of this key asked from a
+            hook is still under way.
         :raises KeyError: ``key`` is not a member.
         :raises ValueError, TypeError: a bad option (as :meth:`add`).
         :raises trio.ClosedResourceError: the group is closing.
@@ -286,9 +291,14 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
             old = self._members.get(key)
             if old is None:
                 raise KeyError(f"{key!r} is not a member of the group; add() starts one")
+            if old.replacing:
+                raise trio.BusyResourceError(
+                    f"a restart of {key!r} is already under way (asked from a hook)"
+                )
             options = dataclasses.replace(old.options, **changes)
             new = self._make(key, options)  # raises before the old member is touched
-            if old.calls_from_its_hooks():  # its close waits for the caller: finish later
+            if self._called_from_a_hook():  # a close would wait for the caller: finish later
+                old.replacing = True
                 supervisor_of(old.conn).request_stop(S.CLOSED, reason)
                 self._nursery.start_soon(self._replace_later, key, old, new, reason)
                 return new.conn
@@ -376,6 +386,13 @@ class ConnectionGroup(Mapping[str, ManagedConnection]):
         assert not self._closing, "a member started while the group closes would never end"
         self._members[key] = member
         member.start(self._nursery, key)
+
+    def _called_from_a_hook(self) -> bool:
+        """Whether the caller runs in a member's supervisor (its on_connect,
+        on_failed, or a task of theirs): a member's close waits for its hook,
+        so such a caller must not wait for any close (two hooks removing each
+        other's members would wait for each other)."""
+        return any(member.calls_from_its_hooks() for member in self._members.values())
 
     def _forget(self, member: Member) -> None:
         """A member leaves the group: its figures join the totals of the past."""

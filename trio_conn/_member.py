@@ -43,6 +43,7 @@ class Member:
         "handler_scope",
         "handler_task",
         "options",
+        "replacing",
         "run_done",
         "run_task",
     )
@@ -55,6 +56,8 @@ class Member:
         self.handler_done = trio.Event()
         self.handler_task: trio.lowlevel.Task | None = None
         self.run_task: trio.lowlevel.Task | None = None  # its supervisor's: hooks run there
+        #: A restart asked from a hook is replacing it (once it has ended).
+        self.replacing = False
 
     def start(self, nursery: trio.Nursery, key: str) -> None:
         """Start the supervisor, and the handler if there is one, in ``nursery``."""
@@ -78,15 +81,18 @@ class Member:
     async def stop(self, reason: str) -> None:
         """Close the member and end its tasks, shielded and bounded (rules above)."""
         await close_within_bound(self.conn, reason)
-        with trio.CancelScope(shield=True):
-            await self.run_done.wait()  # the supervisor was cancelled past its bound
-            await self._end_handler(self.conn.config.close_timeout)
+        await self.finish()
 
     async def finish(self) -> None:
-        """End a member whose close was requested from its own hook (shielded)."""
+        """Wait for the member's end once its close was requested: its supervisor
+        (bounded by ``close_timeout`` plus a second), then its handler; shielded."""
+        grace = self.conn.config.close_timeout
         with trio.CancelScope(shield=True):
-            await self.run_done.wait()  # the hook returns, CLOSED follows
-            await self._end_handler(self.conn.config.close_timeout)
+            # Bounded: a hook of this member shielded in a wait of its own (a
+            # remove of another member) must not hold the group for ever.
+            with trio.move_on_after(grace + 1.0):
+                await self.run_done.wait()  # the hook returns, CLOSED follows
+            await self._end_handler(grace)
 
     async def _run(self, nursery: trio.Nursery) -> None:
         self.run_task = trio.lowlevel.current_task()
