@@ -435,9 +435,10 @@ def test_connect_exits_on_failed_when_asked() -> None:
     # JSON on stderr stays one event per line: the FAILED line is an event too.
     events = [json.loads(line) for line in result.stderr.decode().splitlines()]
     (waiting,) = [e for e in events if e["event"] == "cli.waiting_in_failed"]
-    assert waiting["message"] == (
+    assert waiting["detail"] == (
         "failed (rejected is fatal); exiting with status 3 (--exit-on-failed)"
     )
+    assert waiting["level"] == "warning"
 
 
 async def test_connect_piped_into_head_ends_quietly() -> None:
@@ -479,3 +480,31 @@ def test_connect_names_options_as_typed_and_refuses_a_lone_reply(
     assert "ConnectionConfig" not in err
     assert main(["connect", "ws://x/", "--heartbeat-reply", '{"op": "pong"}']) == 2
     assert "only go with --heartbeat message" in capsys.readouterr().err
+
+
+def test_connect_in_ecs_tells_what_it_waits_for_as_a_library_event() -> None:
+    """Real clock: in ECS the FAILED notice is a sentence in `message`, its
+    action and its wait typed (not labels), as the library's own events."""
+
+    async def run() -> subprocess.CompletedProcess[bytes]:
+        async with open_fault_server() as server:
+            server.reject_next(100, 401)
+            command = ["connect", server.url, "--log-format", "ecs", "--name", "feed"]
+            return await trio.run_process(
+                trio_conn_command(*command, "--exit-on-failed"),
+                capture_stdout=True,
+                capture_stderr=True,
+                env=ENV,
+                check=False,
+            )
+
+    result = trio.run(run)
+    assert result.returncode == 3
+    lines = [json.loads(line) for line in result.stderr.decode().splitlines()]
+    (waiting,) = [e for e in lines if e.get("event", {}).get("action") == "cli.waiting_in_failed"]
+    assert waiting["message"] == (
+        "trio-conn: failed (rejected is fatal); exiting with status 3 (--exit-on-failed)"
+    )
+    assert waiting["trio_conn"]["conn_id"] == "feed"
+    assert isinstance(waiting["trio_conn"]["probe_in_s"], float)
+    assert "labels" not in waiting

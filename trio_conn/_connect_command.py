@@ -35,6 +35,7 @@ from ._sink import scrub_line
 from ._state import ConnectionState
 from ._terminal import printable
 from ._transport import Data, Session
+from ._vocabulary import WAITING_IN_FAILED
 
 #: ``connect --exit-on-failed``: the connection reached FAILED.
 EXIT_FAILED = 3
@@ -262,10 +263,11 @@ async def _connect(url: str, options: _ConnectOptions) -> int:
                 if options.human_stderr:
                     print(scrub_line(printable(line)), file=sys.stderr, flush=True)
                 else:  # one more JSON line, which report counts as another event
+                    fields: dict[str, object] = {"detail": line.removeprefix("trio-conn: ")}
+                    if probe_in is not None:
+                        fields["probe_in_s"] = round(probe_in, 3)
                     structlog.get_logger("trio_conn").warning(
-                        "cli.waiting_in_failed",
-                        message=line.removeprefix("trio-conn: "),
-                        probe_in_s=None if probe_in is None else round(probe_in, 3),
+                        WAITING_IN_FAILED, conn_id=conn_ref[0].name if conn_ref else "?", **fields
                     )
                 failed.set()
 

@@ -88,6 +88,7 @@ LIBRARY_FIELD_TYPES: Mapping[str, type] = {
     "limit": float,
     "hook": str,
     "detail": str,
+    "probe_in_s": float,
 }
 _OUTCOMES = frozenset({"success", "failure", "unknown"})
 _DEFAULT_OUTCOME = {HEARTBEAT_MISSED: "failure", HOOK_FAILED: "failure"}

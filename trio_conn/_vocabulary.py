@@ -14,7 +14,11 @@ HEARTBEAT_MISSED = "connection.heartbeat_missed"
 STATE_STUCK = "connection.state_stuck"
 RECOVERY = "connection.recovery"
 HOOK_FAILED = "connection.hook_failed"
-EVENT_NAMES = frozenset({STATE_CHANGED, HEARTBEAT_MISSED, STATE_STUCK, RECOVERY, HOOK_FAILED})
+#: ``trio-conn connect`` reached FAILED: what it waits for (json and ecs formats).
+WAITING_IN_FAILED = "cli.waiting_in_failed"
+EVENT_NAMES = frozenset(
+    {STATE_CHANGED, HEARTBEAT_MISSED, STATE_STUCK, RECOVERY, HOOK_FAILED, WAITING_IN_FAILED}
+)
 #: Every field a library event can carry. The console shows the sentence
 #: instead (the JSON formats carry them all).
 LIBRARY_FIELDS = frozenset(
@@ -22,7 +26,7 @@ LIBRARY_FIELDS = frozenset(
         "conn_id", "url", "from_state", "to_state", "reason", "duration_s",
         "consecutive_failures", "attempt", "error_kind", "error_type", "error_message",
         "close_code", "status_code", "retry_in_s", "outcome", "misses", "max_misses",
-        "timeout", "state", "seconds", "limit", "hook", "detail",
+        "timeout", "state", "seconds", "limit", "hook", "detail", "probe_in_s",
     }
 )  # fmt: skip
 
@@ -77,6 +81,8 @@ def sentence_template(name: str, ev: Mapping[str, Any]) -> tuple[str, tuple[str,
             template += "; next attempt in %s s"
             args.append(_seconds(ev["retry_in_s"]))
         return template, tuple(args)
+    if name == WAITING_IN_FAILED:
+        return "trio-conn: %s", (f"{ev.get('detail')}",)
     if name == HEARTBEAT_MISSED:
         return "connection %s missed heartbeat %s of %s (no reply within %s s)", (
             conn,
