@@ -31,3 +31,27 @@ def _reset_logging() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
     websocket_logger.setLevel(saved_level)
     release_retired()  # closed connections' secrets would hide text in later tests
+
+
+class Records(logging.Handler):
+    """Keeps every record it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def stdlib_records() -> Iterator[list[logging.LogRecord]]:
+    """The records of the ``trio_conn`` logger, as an application's handler gets them."""
+    handler = Records()
+    logger = logging.getLogger("trio_conn")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(saved)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import textwrap
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -107,28 +107,6 @@ def test_an_application_that_configured_nothing_sees_warnings_on_stderr_only() -
 
 
 # --- the standard library only -------------------------------------------------------------
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def stdlib_records() -> Iterator[list[logging.LogRecord]]:
-    """The records of the ``trio_conn`` logger, as an application's handler gets them."""
-    handler = Records()
-    logger = logging.getLogger("trio_conn")
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.records
-    logger.removeHandler(handler)
-    logger.setLevel(saved)
 
 
 async def test_a_stdlib_application_gets_records_with_every_field(

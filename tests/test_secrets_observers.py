@@ -9,16 +9,13 @@ are gone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-import pytest
 import structlog
 import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from tests.test_routing import Records
 from trio_conn import (
     ConnectionClosed,
     ConnectionConfig,
@@ -116,18 +113,6 @@ def test_a_record_scrubs_an_exception_message_when_it_is_built() -> None:
 
 
 # --- the stdlib route and an application's own pipeline -----------------------------------
-
-
-@pytest.fixture
-def stdlib_records() -> Iterator[list[logging.LogRecord]]:
-    handler = Records()
-    logger = logging.getLogger("trio_conn")
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.records
-    logger.removeHandler(handler)
-    logger.setLevel(saved)
 
 
 def nested_values() -> dict[str, Any]:
